@@ -1,0 +1,207 @@
+"""Streaming weighted FedAvg.
+
+FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+Algorithm 1) sets the global model to sum_k n_k w_k / sum_k n_k over the accepted site models. ``WeightedFedAvg``
+computes that mean one contribution at a time, so the server keeps one model-sized buffer however many sites report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from app_custom.core.errors import ContributionRejected, InvalidSetting, NoValidContributions
+
+__all__ = ["WeightedFedAvg", "weighted_fedavg"]
+
+logger = logging.getLogger(__name__)
+
+# Elements per chunk of the in-place update: 2**16 float32 values (256 KiB) keep the scratch buffer in the L2 cache,
+# so each contribution is read from memory once and the running mean is read and written once.
+_CHUNK = 1 << 16
+
+
+class WeightedFedAvg:
+    """Weighted mean of site models, computed in one pass over each contribution.
+
+    The running mean is updated as ``mean += (w_k / W_k) * (x_k - mean)``, where ``W_k`` is the total weight
+    including site k. Each step is a convex combination, so the result stays inside the per-coordinate range of the inputs (up to rounding), cannot overflow
+    however large the weights are, and a single contribution is returned exactly.
+
+    Floating-point arrays are accumulated in ``np.result_type(dtype, float32)``: float16 and float32 in float32,
+    float64 in float64. Integer and boolean arrays (for example BatchNorm ``num_batches_tracked``) are not averaged:
+    the result is their element-wise maximum across sites, because a counter averaged as a float and truncated would
+    move backwards. ``result()`` casts every array back to the dtype of the first contribution.
+
+    Memory is one buffer per key plus a fixed scratch chunk, independent of the number of sites. No reference to an
+    input array is kept. ``add()`` checks that keys, shapes and dtypes match the first contribution before it
+    changes any state, so a rejected contribution leaves the aggregate untouched. It does not check values: run
+    ``app_custom.core.validation.check_contribution`` first to reject non-finite or oversized updates.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        self._count = 0
+        self._total_weight = 0.0
+        self._scratch: dict[np.dtype, np.ndarray] = {}
+
+    @property
+    def count(self) -> int:
+        """Number of contributions added since construction or the last ``reset()``."""
+        return self._count
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the aggregation weights added so far."""
+        return self._total_weight
+
+    def reset(self) -> None:
+        """Drop all accumulated state, for example at the start of a new round."""
+        self._buffers.clear()
+        self._dtypes.clear()
+        self._count = 0
+        self._total_weight = 0.0
+
+    def add(self, params: Mapping[str, np.ndarray], aggregation_weight: float) -> None:
+        """Fold one site model into the running weighted mean.
+
+        Args:
+            params: The site model, key to array. Arrays are read, never stored or modified.
+            aggregation_weight: The site's weight, usually its ``num_examples``; finite and greater than zero.
+
+        Raises:
+            InvalidSetting: If ``aggregation_weight`` is not a finite number greater than zero.
+            ContributionRejected: If a key is missing or unexpected, or a shape or dtype differs from the first
+                contribution. The aggregate is unchanged in that case.
+        """
+        weight = _check_weight(aggregation_weight)
+        arrays = {key: np.asarray(value) for key, value in params.items()}
+        if self._count == 0:
+            self._start(arrays)
+        else:
+            self._check_structure(arrays)
+            fraction = weight / (self._total_weight + weight)
+            for key, array in arrays.items():
+                self._fold(key, array, fraction)
+        self._count += 1
+        self._total_weight += weight
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Return the weighted mean as new arrays, each in the dtype of the first contribution.
+
+        Raises:
+            NoValidContributions: If nothing was added since construction or the last ``reset()``.
+        """
+        if self._count == 0:
+            raise NoValidContributions(
+                "no contribution was added to the weighted FedAvg; accept at least one site update before "
+                "asking for the aggregate"
+            )
+        return {key: buffer.astype(self._dtypes[key], copy=True) for key, buffer in self._buffers.items()}
+
+    def _start(self, arrays: dict[str, np.ndarray]) -> None:
+        for key, array in arrays.items():
+            if array.dtype.kind not in "biufc":
+                raise ContributionRejected(
+                    "dtype_mismatch",
+                    f"params[{key!r}] has dtype {array.dtype}; expected a boolean, integer or floating-point array",
+                    key=key,
+                )
+        for key, array in arrays.items():
+            self._dtypes[key] = array.dtype
+            self._buffers[key] = np.array(array, dtype=_accumulator_dtype(array.dtype), copy=True, order="C")
+
+    def _check_structure(self, arrays: dict[str, np.ndarray]) -> None:
+        missing = sorted(self._buffers.keys() - arrays.keys())
+        if missing:
+            raise ContributionRejected(
+                "missing_key",
+                f"contribution lacks {len(missing)} key(s) that the first contribution had: {missing[:5]}; "
+                "every site must send the full model",
+                key=missing[0],
+            )
+        unexpected = sorted(arrays.keys() - self._buffers.keys())
+        if unexpected:
+            raise ContributionRejected(
+                "unexpected_key",
+                f"contribution has {len(unexpected)} key(s) that the first contribution lacked: {unexpected[:5]}; "
+                "every site must send the same model architecture",
+                key=unexpected[0],
+            )
+        for key, array in arrays.items():
+            if array.shape != self._buffers[key].shape:
+                raise ContributionRejected(
+                    "shape_mismatch",
+                    f"params[{key!r}] has shape {array.shape}; expected {self._buffers[key].shape} "
+                    "as in the first contribution",
+                    key=key,
+                )
+            if array.dtype != self._dtypes[key]:
+                raise ContributionRejected(
+                    "dtype_mismatch",
+                    f"params[{key!r}] has dtype {array.dtype}; expected {self._dtypes[key]} as in the first contribution",
+                    key=key,
+                )
+
+    def _fold(self, key: str, array: np.ndarray, fraction: float) -> None:
+        buffer = self._buffers[key]
+        if buffer.dtype.kind not in "fc":
+            np.maximum(buffer, array, out=buffer)
+            return
+
+        flat_buffer = buffer.reshape(-1)
+        flat_input = array.reshape(-1)
+        scratch = self._scratch_for(buffer.dtype, min(flat_buffer.size, _CHUNK))
+        for start in range(0, flat_buffer.size, _CHUNK):
+            stop = min(start + _CHUNK, flat_buffer.size)
+            mean = flat_buffer[start:stop]
+            delta = scratch[: stop - start]
+            # mean += fraction * (x - mean), written as three in-place ufuncs over a cache-sized chunk.
+            np.subtract(flat_input[start:stop], mean, out=delta)
+            np.multiply(delta, fraction, out=delta)
+            np.add(mean, delta, out=mean)
+
+    def _scratch_for(self, dtype: np.dtype, size: int) -> np.ndarray:
+        scratch = self._scratch.get(dtype)
+        if scratch is None or scratch.size < size:
+            scratch = np.empty(max(size, 1), dtype=dtype)
+            self._scratch[dtype] = scratch
+        return scratch
+
+
+def weighted_fedavg(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    """Return the weighted FedAvg of ``(params, aggregation_weight)`` pairs, streaming over the iterable.
+
+    Raises:
+        NoValidContributions: If the iterable is empty.
+    """
+    aggregator = WeightedFedAvg()
+    for params, aggregation_weight in contributions:
+        aggregator.add(params, aggregation_weight)
+    return aggregator.result()
+
+
+def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype.kind in "fc":
+        return np.result_type(dtype, np.float32)
+    return dtype
+
+
+def _check_weight(aggregation_weight: float) -> float:
+    if isinstance(aggregation_weight, bool) or not isinstance(aggregation_weight, numbers.Real):
+        raise InvalidSetting(
+            f"aggregation_weight is {aggregation_weight!r} of type {type(aggregation_weight).__name__}; "
+            "expected a finite number greater than zero"
+        )
+    weight = float(aggregation_weight)
+    if not math.isfinite(weight) or weight <= 0.0:
+        raise InvalidSetting(
+            f"aggregation_weight is {aggregation_weight!r}; expected a finite number greater than zero "
+            "(sites with no examples must be left out, not added with weight 0)"
+        )
+    return weight
