@@ -1,0 +1,286 @@
+"""Server workflow: FedAvg rounds with contribution checks, k-of-n participation and audited events.
+
+Each round the controller sends the global model to every site, checks each returned model before it touches
+the aggregate (``app_custom.core.validation``), folds accepted models into a streaming weighted mean with
+``num_examples`` as the aggregation weight (``app_custom.core.aggregation``), and reports every step as a Consortia
+event. Unlike FLARE's stock ``FedAvg``, a round ends after ``round_timeout`` seconds even if a site died, and the
+job fails with a clear message when fewer than ``min_sites`` valid contributions arrive: a global model is never
+built from nothing or from NaN.
+
+Global metrics: at round r every site evaluates the global model it receives (the model after r rounds of
+aggregation) on its own held-out split before training, and the controller averages those metrics weighted by
+held-out size. A closing evaluation task reports the final model as round ``num_rounds``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.workflows.model_controller import ModelController
+
+from app_custom.core.aggregation import WeightedFedAvg
+from app_custom.core.errors import ContributionRejected, CoreError
+from app_custom.core.validation import check_contribution
+from app_custom.flare.event_forwarder import spool_event
+from app_custom.flare.events import make_envelope
+
+METRIC_KEYS = ("loss", "roc_auc", "accuracy", "balanced_accuracy")
+
+
+def weighted_site_mean(site_metrics: dict[str, dict[str, Any]], prefix: str) -> dict[str, float | None]:
+    """Average ``<prefix>_<metric>`` over sites, weighted by held-out size, skipping undefined (None) values."""
+    result: dict[str, float | None] = {}
+    for key in METRIC_KEYS:
+        total = 0.0
+        weight = 0.0
+        for metrics in site_metrics.values():
+            value = metrics.get(f"{prefix}_{key}")
+            size = float(metrics.get("num_test_examples") or 0.0)
+            if value is None or size <= 0 or not np.isfinite(value):
+                continue
+            total += float(value) * size
+            weight += size
+        result[key] = total / weight if weight > 0 else None
+    return result
+
+
+class ConsortiaFedAvg(ModelController):
+    """FedAvg (McMahan et al. 2017) with contribution checks and bounded rounds.
+
+    Args:
+        num_rounds: number of training rounds.
+        min_sites: valid contributions needed per round; ``None`` means every site that is connected at start.
+        round_timeout: seconds a round waits for sites before it closes with what arrived (0 waits forever).
+        wait_time_after_min_received: seconds to keep waiting for late sites once ``min_sites`` have answered.
+        max_update_norm: reject a contribution whose L2 distance to the global model exceeds this (None: no bound).
+        final_evaluation: evaluate the final global model at every site after the last round.
+        persistor_id: component id of the model persistor.
+        task_check_period: seconds between checks of outstanding tasks.
+    """
+
+    def __init__(
+        self,
+        num_rounds: int = 5,
+        min_sites: int | None = None,
+        round_timeout: int = 600,
+        wait_time_after_min_received: int = 0,
+        max_update_norm: float | None = None,
+        final_evaluation: bool = True,
+        persistor_id: str = AppConstants.DEFAULT_PERSISTOR_ID,
+        task_check_period: float = 0.2,
+    ) -> None:
+        super().__init__(persistor_id=persistor_id, task_check_period=task_check_period, ignore_result_error=True)
+        if num_rounds < 1:
+            raise ValueError(f"invalid num_rounds {num_rounds}: use 1 or more")
+        if min_sites is not None and min_sites < 1:
+            raise ValueError(f"invalid min_sites {min_sites}: use 1 or more, or null for all sites")
+        if round_timeout < 0:
+            raise ValueError(f"invalid round_timeout {round_timeout}: use seconds >= 0 (0 waits forever)")
+        self.num_rounds = num_rounds
+        self.min_sites = min_sites
+        self.round_timeout = round_timeout
+        self.wait_time_after_min_received = wait_time_after_min_received
+        self.max_update_norm = max_update_norm
+        self.final_evaluation = final_evaluation
+        self._lock = threading.Lock()
+        self._aggregate = WeightedFedAvg()
+        self._global_params: dict[str, np.ndarray] = {}
+        self._site_metrics: dict[str, dict[str, Any]] = {}
+        self._responded: set[str] = set()
+        self._rejected = 0
+        self._round = 0
+        self._warned_no_spool = False
+
+    # ------------------------------------------------------------------ workflow
+
+    def run(self) -> None:
+        model = self.load_model()
+        sites = self._connected_sites()
+        required = self._required_sites(sites)
+        self.info(f"FedAvg over {sites} for {self.num_rounds} rounds, {required} valid contributions required per round")
+        for self._round in range(self.num_rounds):
+            model = self._run_round(model, sites, required)
+            if model is None:
+                return
+            self.save_model(model)
+        if self.final_evaluation:
+            self._evaluate_final(model, sites)
+        self.info("FedAvg finished")
+
+    def _run_round(self, model: FLModel, sites: list[str], required: int) -> FLModel | None:
+        current = self._round
+        self._emit("round.started", payload={"num_rounds": self.num_rounds, "sites": sites})
+        self._start_collecting(model)
+        model.current_round = current
+        model.total_rounds = self.num_rounds
+        self._broadcast("train", model, sites, required)
+        if self.abort_signal.triggered:
+            return None
+        self._report_missing(sites)
+        accepted = self._aggregate.count
+        if accepted < required:
+            message = (
+                f"round {current} received {accepted} valid contributions from {sorted(self._accepted_sites())}, "
+                f"but min_sites={required}: stopping the job instead of building a global model from too few sites"
+            )
+            self._emit_round_completed(accepted)
+            self.system_panic(message, self.fl_ctx)
+            return None
+        params = self._aggregate.result()
+        self._emit_round_completed(accepted)
+        return FLModel(params=params, params_type=model.params_type, current_round=current, total_rounds=self.num_rounds)
+
+    def _evaluate_final(self, model: FLModel, sites: list[str]) -> None:
+        self._round = self.num_rounds
+        self._start_collecting(model)
+        model.current_round = self.num_rounds
+        self._broadcast("validate", model, sites, self._required_sites(sites))
+        self._emit_round_completed(len(self._site_metrics))
+
+    def _broadcast(self, task_name: str, model: FLModel, sites: list[str], required: int) -> None:
+        self.broadcast_model(
+            task_name=task_name,
+            data=model,
+            targets=sites,
+            min_responses=min(required, len(sites)),
+            timeout=self.round_timeout,
+            wait_time_after_min_received=self.wait_time_after_min_received,
+            blocking=False,
+            callback=self._on_result,
+        )
+        while self.get_num_standing_tasks():
+            if self.abort_signal.triggered:
+                self.info("abort requested: stopping FedAvg")
+                return
+            time.sleep(self._task_check_period)
+
+    # ------------------------------------------------------------------ results
+
+    def _start_collecting(self, model: FLModel) -> None:
+        with self._lock:
+            self._aggregate.reset()
+            self._global_params = {k: np.asarray(v) for k, v in (model.params or {}).items()}
+            self._site_metrics = {}
+            self._responded = set()
+            self._rejected = 0
+
+    def _on_result(self, result: FLModel) -> None:
+        site = (result.meta or {}).get("client_name", "unknown")
+        with self._lock:
+            self._responded.add(site)
+            if result.metrics:
+                self._site_metrics[site] = dict(result.metrics)
+            if self._round >= self.num_rounds:
+                return
+            if not result.params:
+                self._reject(site, "missing_params", "the site's result carries no model parameters")
+                return
+            try:
+                num_examples = (result.meta or {}).get("num_examples")
+                params = {k: np.asarray(v) for k, v in result.params.items()}
+                check_contribution(
+                    params,
+                    global_params=self._global_params or None,
+                    num_examples=num_examples,
+                    max_update_norm=self.max_update_norm,
+                )
+                self._aggregate.add(params, float(num_examples))
+            except ContributionRejected as exc:
+                self._reject(site, exc.reason_code, str(exc))
+                return
+            except CoreError as exc:
+                self._reject(site, "invalid", str(exc))
+                return
+        self.info(f"round {self._round}: accepted model from {site} ({num_examples} examples)")
+        self._emit(
+            "contribution.accepted",
+            site=site,
+            payload={"num_examples": int(num_examples), "metrics": _clean(result.metrics or {})},
+        )
+
+    def _accept_train_result(
+        self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False
+    ) -> bool:
+        # NOTE: this overrides a private hook of FLARE 2.9's BaseModelController, the only place where a site's
+        # error return code is visible; results with an error code never reach the callback.
+        accepted = super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
+        return_code = result.get_return_code()
+        if not accepted and not is_unknown_task and return_code not in (None, ReturnCode.OK):
+            with self._lock:
+                self._responded.add(client_name)
+            if self._round < self.num_rounds:
+                self._reject(client_name, "site_error", f"the site failed the task with return code {return_code}")
+        return accepted
+
+    def _reject(self, site: str, reason_code: str, reason: str) -> None:
+        self._rejected += 1
+        self.warning(f"round {self._round}: rejected contribution of {site}: {reason}")
+        self._emit("contribution.rejected", site=site, payload={"reason_code": reason_code, "reason": reason})
+
+    def _report_missing(self, sites: list[str]) -> None:
+        for site in sites:
+            if site not in self._responded:
+                self._reject(site, "no_response", f"no result within round_timeout={self.round_timeout} s")
+
+    def _accepted_sites(self) -> list[str]:
+        return [s for s in self._responded if s in self._site_metrics]
+
+    def _emit_round_completed(self, accepted: int) -> None:
+        site_metrics = {site: _clean(metrics) for site, metrics in self._site_metrics.items()}
+        global_metrics = weighted_site_mean(self._site_metrics, "global")
+        self.info(f"round {self._round}: global metrics {global_metrics}")
+        self._emit(
+            "round.completed",
+            payload={
+                "num_accepted": accepted,
+                "num_rejected": self._rejected,
+                "global_metrics": global_metrics,
+                "site_metrics": site_metrics,
+                "evaluation_only": self._round >= self.num_rounds,
+            },
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _connected_sites(self) -> list[str]:
+        return sorted(client.name for client in self.engine.get_clients())
+
+    def _required_sites(self, sites: list[str]) -> int:
+        if self.min_sites is None:
+            return len(sites)
+        if self.min_sites > len(sites):
+            raise ValueError(f"min_sites={self.min_sites} but only {len(sites)} sites are connected: {sites}")
+        return self.min_sites
+
+    def _emit(self, event_type: str, *, site: str | None = None, payload: dict[str, Any] | None = None) -> None:
+        with self.engine.new_context() as fl_ctx:
+            job_id = fl_ctx.get_job_id()
+        envelope = make_envelope(event_type, job_id=job_id, site=site, round_number=self._round, payload=payload)
+        server_root = self.engine.get_workspace().get_root_dir()
+        try:
+            spooled = spool_event(server_root, envelope)
+        except OSError as exc:
+            self.error(f"failed to spool {event_type} event for job {job_id}: {exc}")
+            return
+        if not spooled and not self._warned_no_spool:
+            self._warned_no_spool = True
+            self.warning(f"no event forwarder in {server_root}/local/resources.json: events are not reported")
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Keep JSON-safe scalar metrics; NaN and infinities become None (undefined)."""
+    cleaned: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, (bool, np.bool_)):
+            cleaned[key] = bool(value)
+        elif isinstance(value, (int, float, np.integer, np.floating)):
+            cleaned[key] = float(value) if np.isfinite(value) else None
+        elif value is None:
+            cleaned[key] = None
+    return cleaned

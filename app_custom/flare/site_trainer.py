@@ -1,0 +1,97 @@
+"""Site executor: FLARE's Client API executor running one of our installed training scripts.
+
+Jobs name a script by key (``tabular``), never by path, so no code travels with the job and the site's class
+allow-list (``app_custom.``) covers everything that runs. The data folder is the site's own choice, read from
+``local/consortia_site.json`` in the site's kit, and is passed to the script as ``--data-dir``; a job cannot point a
+site at another folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
+
+SCRIPTS = {"tabular": "app_custom.site.train_tabular"}
+SITE_CONFIG_FILE = "consortia_site.json"
+
+
+class SiteConfigError(RuntimeError):
+    """Raised when the site's local configuration is missing or invalid."""
+
+
+def script_path(script: str) -> str:
+    """Return the installed file of a training script key.
+
+    Raises:
+        ValueError: naming the known keys when ``script`` is unknown.
+    """
+    if script not in SCRIPTS:
+        raise ValueError(f"unknown training script {script!r}: use one of {sorted(SCRIPTS)}")
+    spec = importlib.util.find_spec(SCRIPTS[script])
+    if spec is None or spec.origin is None:
+        raise ValueError(f"training script module {SCRIPTS[script]} is not installed at this site")
+    return spec.origin
+
+
+def site_data_dir(site_root: str | Path) -> Path:
+    """Read the site's data folder from ``local/consortia_site.json`` (relative paths are relative to the kit).
+
+    Raises:
+        SiteConfigError: when the file is missing or names no existing folder.
+    """
+    config_file = Path(site_root) / "local" / SITE_CONFIG_FILE
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SiteConfigError(f"site configuration not found: {config_file}; provision the site again") from None
+    except json.JSONDecodeError as exc:
+        raise SiteConfigError(f"site configuration {config_file} is not valid JSON: {exc}") from None
+    data_dir = Path(config.get("data_dir", "data"))
+    if not data_dir.is_absolute():
+        data_dir = Path(site_root) / data_dir
+    if not data_dir.is_dir():
+        raise SiteConfigError(
+            f"site data folder {data_dir} (from {config_file}) does not exist: put the site's data there "
+            "or change data_dir"
+        )
+    return data_dir
+
+
+class SiteTrainer(ClientAPIExecutor):
+    """Runs an installed training script in process through the Client API.
+
+    Args:
+        script: key of the training script (see ``SCRIPTS``).
+        script_args: extra command-line arguments for the script (``--data-dir`` is added by the site).
+    """
+
+    def __init__(self, script: str = "tabular", script_args: str = "", **kwargs) -> None:
+        if "--data-dir" in shlex.split(script_args):
+            raise ValueError("script_args must not set --data-dir: each site chooses its own data folder")
+        super().__init__(
+            execution_mode="in_process",
+            task_script_path=script_path(script),
+            task_script_args=script_args,
+            params_exchange_format="pytorch",
+            server_expected_format="numpy",
+            **kwargs,
+        )
+        self._base_script_args = script_args
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            site_root = fl_ctx.get_engine().get_workspace().get_root_dir()
+            try:
+                data_dir = site_data_dir(site_root)
+            except SiteConfigError as exc:
+                self.system_panic(str(exc), fl_ctx)
+                return
+            self._task_script_args = f"{self._base_script_args} --data-dir {shlex.quote(str(data_dir))}".strip()
+            self.log_info(fl_ctx, f"training script reads site data from {data_dir}")
+        super().handle_event(event_type, fl_ctx)

@@ -1,0 +1,86 @@
+"""Site training script for tabular binary outcomes, run by FLARE's Client API inside the site's job process.
+
+For every task the site receives the current global model. It first evaluates that model on its own held-out
+split (the ``global_*`` metrics, which the server averages into the global curve), then, for a training task,
+trains locally and sends back the new parameters with ``num_examples`` (the FedAvg aggregation weight) and the
+local model's held-out metrics (``local_*``). For an evaluation task it sends the metrics only.
+
+Only the folder passed as ``--data-dir`` is read; the executor that starts this script fills it from the site's
+own ``local/consortia_site.json``, never from the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import nvflare.client as flare
+import torch
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from app_custom.data.tabular import load_site_data
+from app_custom.models.mlp import TabularMLP
+from app_custom.site.training import LocalTrainingConfig, evaluate, load_numpy_params, train_local
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True, help="the site's own data folder")
+    parser.add_argument("--local-epochs", type=int, default=2, help="local epochs per round")
+    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight (0 = FedAvg)")
+    parser.add_argument("--hidden", type=str, default="32,16", help="hidden layer widths, comma separated")
+    parser.add_argument("--seed", type=int, default=0, help="seed of local shuffling")
+    return parser.parse_args(argv)
+
+
+def prefixed(prefix: str, metrics: dict[str, float | None]) -> dict[str, float | None]:
+    return {f"{prefix}_{key}": value for key, value in metrics.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    flare.init()
+    site = flare.get_site_name()
+    data = load_site_data(args.data_dir)
+    hidden = tuple(int(width) for width in args.hidden.split(",") if width)
+    model = TabularMLP(num_features=data.num_features, hidden=hidden)
+    logger.info("site %s loaded %d training and %d held-out rows", site, len(data.y_train), len(data.y_test))
+
+    while flare.is_running():
+        input_model = flare.receive()
+        if input_model is None:
+            break
+        current_round = input_model.current_round or 0
+        load_numpy_params(model, input_model.params)
+        metrics = prefixed("global", evaluate(model, data.x_test, data.y_test))
+        metrics["num_test_examples"] = float(len(data.y_test))
+        if flare.is_evaluate():
+            flare.send(FLModel(metrics=metrics, meta={"num_examples": len(data.y_train)}))
+            continue
+
+        config = LocalTrainingConfig(
+            local_epochs=args.local_epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            fedprox_mu=args.fedprox_mu,
+            seed=args.seed + 1000 * current_round,
+        )
+        global_params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        steps = train_local(model, data.x_train, data.y_train, config, global_params=global_params)
+        metrics.update(prefixed("local", evaluate(model, data.x_test, data.y_test)))
+        output = FLModel(
+            params={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            metrics=metrics,
+            meta={"NUM_STEPS_CURRENT_ROUND": steps, "num_examples": len(data.y_train)},
+        )
+        flare.send(output)
+        logger.info("site %s finished round %d with %d steps", site, current_round, steps)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

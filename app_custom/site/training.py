@@ -1,0 +1,95 @@
+"""Plain PyTorch training and evaluation used by the site scripts, the demo's baselines and the experiments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from app_custom.core.metrics import binary_metrics
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    """Local optimisation settings of one round at a site."""
+
+    local_epochs: int = 2
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    fedprox_mu: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1:
+            raise ValueError(f"invalid local_epochs {self.local_epochs}: use 1 or more")
+        if self.batch_size < 1:
+            raise ValueError(f"invalid batch_size {self.batch_size}: use 1 or more")
+        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
+            raise ValueError(f"invalid learning_rate {self.learning_rate}: use a positive finite number")
+        if not (self.fedprox_mu >= 0 and np.isfinite(self.fedprox_mu)):
+            raise ValueError(f"invalid fedprox_mu {self.fedprox_mu}: use 0 (FedAvg) or a positive number")
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: LocalTrainingConfig,
+    loss_fn: nn.Module | None = None,
+    global_params: Mapping[str, torch.Tensor] | None = None,
+) -> int:
+    """Train ``model`` in place on (x, y) and return the number of optimiser steps.
+
+    With ``config.fedprox_mu > 0`` and ``global_params`` the FedProx proximal term (mu/2)·||w − w_global||²
+    (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is added to the loss.
+    """
+    from app_custom.core.fedprox import proximal_term
+
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+    )
+    loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    model.train()
+    steps = 0
+    for _ in range(config.local_epochs):
+        for features, labels in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(features), labels)
+            if config.fedprox_mu > 0 and global_params is not None:
+                loss = loss + proximal_term(model, global_params, config.fedprox_mu)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    return steps
+
+
+def predict_scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Return the predicted probability of the positive class for each row."""
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(x))).numpy()
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    """Return loss, ROC AUC, accuracy and balanced accuracy of ``model`` on (x, y); AUC is None when undefined."""
+    return binary_metrics(y, predict_scores(model, x))
+
+
+def state_dict_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """Copy a model's parameters and buffers into numpy arrays."""
+    return {key: value.detach().cpu().numpy().copy() for key, value in model.state_dict().items()}
+
+
+def load_numpy_params(model: nn.Module, params: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    """Load numpy arrays or tensors into ``model`` (strict: every key must match)."""
+    tensors = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in params.items()}
+    model.load_state_dict(tensors, strict=True)

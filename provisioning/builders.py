@@ -1,0 +1,113 @@
+"""FLARE provisioning builder that hardens kits and wires in Consortia's components.
+
+FLARE's provisioner calls every builder listed in the project file; this one runs after FLARE's
+``StaticFileBuilder`` (which writes ``local/resources.json.default``) and before ``SignatureBuilder``, so HE kits
+are signed with our changes included. It writes ``local/resources.json`` for every participant:
+
+- **server**: the job store and snapshot store move from FLARE's host-wide defaults (``/tmp/nvflare/...``, shared by
+  every server on the machine) into the provisioning workspace; the event forwarder that reports job lifecycle,
+  rounds and contributions to the admin service is added as a server component.
+- **sites and server**: the class allow-list is extended with our installed package (``app_custom``) and the few
+  FLARE classes our jobs use, so jobs run without shipping custom code (BYOC).
+- **sites**: ``local/consortia_site.json`` names the site's own data folder; the training code reads only that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nvflare.lighter.constants import ProvFileName
+from nvflare.lighter.ctx import ProvisionContext
+from nvflare.lighter.entity import Participant, Project
+from nvflare.lighter.spec import Builder
+
+from app_custom.flare.event_forwarder import EVENT_FORWARDER_ID
+
+SITE_CONFIG_FILE = "consortia_site.json"
+
+# FLARE classes our jobs reference that are not on FLARE 2.9's default class allow-list.
+FLARE_CLASSES_USED = (
+    "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor",
+    "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor",
+)
+OUR_PACKAGE_PREFIX = "app_custom."
+
+
+class ConsortiaBuilder(Builder):
+    """Writes hardened ``local/resources.json`` files and site data settings into every kit.
+
+    Args:
+        runtime_dir: absolute folder for server state (job store, snapshots, event spool).
+        event_url: the admin service's event endpoint, for example ``http://127.0.0.1:8443/api/v1/events``.
+        event_token_file: absolute path of the file holding the bearer token for ``event_url``.
+        site_data_dir: data folder of each site, relative to the site's kit root unless absolute.
+    """
+
+    def __init__(
+        self,
+        runtime_dir: str,
+        event_url: str,
+        event_token_file: str,
+        site_data_dir: str = "data",
+    ) -> None:
+        self.runtime_dir = runtime_dir
+        self.event_url = event_url
+        self.event_token_file = event_token_file
+        self.site_data_dir = site_data_dir
+
+    def build(self, project: Project, ctx: ProvisionContext) -> None:
+        server = project.get_server()
+        if server is not None:
+            self._write_resources(ctx, server, self._harden_server)
+        for site in project.get_clients():
+            self._write_resources(ctx, site, self._harden_site)
+            site_config = {"site": site.name, "data_dir": self.site_data_dir}
+            local_dir = Path(ctx.get_local_dir(site))
+            (local_dir / SITE_CONFIG_FILE).write_text(json.dumps(site_config, indent=2) + "\n", encoding="utf-8")
+
+    @staticmethod
+    def _write_resources(ctx: ProvisionContext, participant: Participant, harden: Any) -> None:
+        local_dir = Path(ctx.get_local_dir(participant))
+        default_file = local_dir / ProvFileName.RESOURCES_JSON_DEFAULT
+        resources = json.loads(default_file.read_text(encoding="utf-8"))
+        harden(resources, participant)
+        target = local_dir / "resources.json"
+        target.write_text(json.dumps(resources, indent=2) + "\n", encoding="utf-8")
+
+    @staticmethod
+    def _extend_allow_list(resources: dict[str, Any]) -> None:
+        allow_list = list(resources.get("class_allow_list") or [])
+        for entry in (OUR_PACKAGE_PREFIX, *FLARE_CLASSES_USED):
+            if entry not in allow_list:
+                allow_list.append(entry)
+        resources["class_allow_list"] = allow_list
+        resources["class_list_enforcement_mode"] = "enforce"
+
+    def _harden_site(self, resources: dict[str, Any], site: Participant) -> None:
+        self._extend_allow_list(resources)
+
+    def _harden_server(self, resources: dict[str, Any], server: Participant) -> None:
+        self._extend_allow_list(resources)
+        runtime = Path(self.runtime_dir)
+        snapshot = resources.get("snapshot_persistor", {}).get("args", {}).get("storage", {}).get("args")
+        if snapshot is not None:
+            snapshot["root_dir"] = str(runtime / "snapshot-storage")
+        for component in resources.get("components", []):
+            if component.get("id") == "job_manager":
+                component.setdefault("args", {})["uri_root"] = str(runtime / "jobs-storage")
+        resources["components"] = [c for c in resources.get("components", []) if c.get("id") != EVENT_FORWARDER_ID]
+        resources["components"].append(
+            {
+                "id": EVENT_FORWARDER_ID,
+                "path": "app_custom.flare.event_forwarder.EventForwarder",
+                "args": {
+                    "url": self.event_url,
+                    "token_file": self.event_token_file,
+                    "spool_dir": str(runtime / "event-spool"),
+                },
+            }
+        )
+        os.makedirs(runtime, exist_ok=True)
