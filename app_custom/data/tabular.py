@@ -6,7 +6,12 @@ cause-of-death chapter) is dropped because it is only filled for patients who di
 ``futime`` (follow-up time) is also dropped: it is an outcome, not a baseline covariate.
 
 Each site's folder holds ``train.csv``, ``test.csv`` (its own held-out split) and ``schema.json``. The training code at
-a site reads only that folder and fits its imputation and scaling on its own training rows.
+a site reads only that folder.
+
+Features are scaled by fixed constants that are part of the feature definition, identical at every site, rather than
+by statistics fitted on each site's rows: with label-skewed sites, per-site centring would erase exactly the
+between-site differences (older cohorts die more) that the shared model has to learn. Missing creatinine is filled
+with 1.0 mg/dL, a typical adult value, and flagged by ``creatinine_missing``.
 """
 
 from __future__ import annotations
@@ -66,8 +71,11 @@ def load_flchain() -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+TYPICAL_CREATININE_MG_DL = 1.0
+
+
 def encode_features(frame: pd.DataFrame) -> np.ndarray:
-    """Turn raw flchain columns into the numeric feature matrix (``FEATURES`` order, float32, NaN where missing).
+    """Turn raw flchain columns into the scaled numeric feature matrix (``FEATURES`` order, float32).
 
     Raises:
         DataError: naming the missing column when the frame lacks a raw column.
@@ -78,41 +86,25 @@ def encode_features(frame: pd.DataFrame) -> np.ndarray:
     creatinine = pd.to_numeric(frame["creatinine"], errors="coerce")
     encoded = pd.DataFrame(
         {
-            "age": pd.to_numeric(frame["age"], errors="coerce"),
+            "age": (pd.to_numeric(frame["age"], errors="coerce") - 60.0) / 15.0,
             "sex_male": (frame["sex"].astype(str) == "M").astype(float),
-            "sample_yr": pd.to_numeric(frame["sample.yr"], errors="coerce"),
+            "sample_yr": (pd.to_numeric(frame["sample.yr"], errors="coerce") - 1997.0) / 5.0,
             "log_kappa": np.log1p(pd.to_numeric(frame["kappa"], errors="coerce")),
             "log_lambda": np.log1p(pd.to_numeric(frame["lambda"], errors="coerce")),
-            "flc_grp": pd.to_numeric(frame["flc.grp"], errors="coerce"),
-            "log_creatinine": np.log1p(creatinine),
+            "flc_grp": (pd.to_numeric(frame["flc.grp"], errors="coerce") - 5.5) / 3.0,
+            "log_creatinine": np.log1p(creatinine.fillna(TYPICAL_CREATININE_MG_DL)),
             "creatinine_missing": creatinine.isna().astype(float),
             "mgus": frame["mgus"].astype(str).isin(["yes", "1", "1.0", "True"]).astype(float),
         }
     )
-    return encoded[list(FEATURES)].to_numpy(dtype=np.float32)
-
-
-@dataclass
-class Standardizer:
-    """Median imputation and z-scaling fitted on one site's training rows only."""
-
-    median: np.ndarray
-    mean: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, features: np.ndarray) -> Standardizer:
-        median = np.nanmedian(features, axis=0)
-        median = np.where(np.isnan(median), 0.0, median)
-        filled = np.where(np.isnan(features), median, features)
-        mean = filled.mean(axis=0)
-        scale = filled.std(axis=0)
-        scale = np.where(scale < 1e-6, 1.0, scale)
-        return cls(median=median.astype(np.float32), mean=mean.astype(np.float32), scale=scale.astype(np.float32))
-
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        filled = np.where(np.isnan(features), self.median, features)
-        return ((filled - self.mean) / self.scale).astype(np.float32)
+    matrix = encoded[list(FEATURES)].to_numpy(dtype=np.float32)
+    bad_rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad_rows.size:
+        raise DataError(
+            f"{bad_rows.size} rows have missing or non-numeric values outside creatinine (first row {bad_rows[0]}); "
+            "fix or drop them in the site's data files"
+        )
+    return matrix
 
 
 @dataclass
@@ -123,7 +115,6 @@ class SiteData:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    standardizer: Standardizer
 
     @property
     def num_features(self) -> int:
@@ -148,17 +139,14 @@ def read_split(data_dir: str | Path, split: str) -> pd.DataFrame:
 
 
 def load_site_data(data_dir: str | Path) -> SiteData:
-    """Load and preprocess a site's folder, fitting preprocessing on its training rows only."""
+    """Load and encode a site's training and held-out rows."""
     train = read_split(data_dir, "train")
     test = read_split(data_dir, "test")
-    x_train_raw = encode_features(train)
-    standardizer = Standardizer.fit(x_train_raw)
     return SiteData(
-        x_train=standardizer.transform(x_train_raw),
+        x_train=encode_features(train),
         y_train=train[LABEL].to_numpy(dtype=np.float32),
-        x_test=standardizer.transform(encode_features(test)),
+        x_test=encode_features(test),
         y_test=test[LABEL].to_numpy(dtype=np.float32),
-        standardizer=standardizer,
     )
 
 

@@ -51,7 +51,7 @@ def train_local(
 
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(
-        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)),
         batch_size=config.batch_size,
         shuffle=True,
         generator=generator,
