@@ -1,0 +1,348 @@
+"""Event schema, version 1: what the FLARE event forwarder posts to ``POST /api/v1/events``.
+
+An event is an envelope with a ``type`` and a type-specific ``payload``::
+
+    {"schema_version": 1, "event_id": "<uuid>", "type": "round.completed", "occurred_at": "2026-12-04T19:14:21Z",
+     "job_id": "<flare job id>", "site": null, "round": 0, "actor": null, "payload": {...}}
+
+Unknown envelope fields are rejected. Payloads keep unknown fields, which are stored in the audit event as sent, so a
+forwarder may add context without a schema change. Which envelope fields a type requires:
+
+==========================  ======  ====  =====  ==========================================================
+type                        job_id  site  round  payload
+==========================  ======  ====  =====  ==========================================================
+job.submitted               yes                  name, submitter, submitter_org, submitter_role
+job.started                 yes                  sites, name?, num_rounds?
+round.started               yes           yes    num_rounds, sites
+contribution.accepted       yes     yes   yes    num_examples, metrics
+contribution.rejected       yes     yes   yes    reason_code, reason
+round.completed             yes           yes    num_accepted, num_rejected, global_metrics, site_metrics
+job.finished                yes                  status (a FINISHED:* status)
+site.joined                         yes          org?
+site.left                           yes          (empty)
+privacy.spent               yes                  epsilon, delta, ...
+==========================  ======  ====  =====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from admin_api.core.status import JobStatus, is_terminal
+
+__all__ = [
+    "EVENT_MODELS",
+    "EventBase",
+    "MAX_BATCH_SIZE",
+    "SCHEMA_VERSION",
+    "ContributionAcceptedEvent",
+    "ContributionRejectedEvent",
+    "EventBatchReceiptPublic",
+    "EventCreate",
+    "EventReceiptPublic",
+    "JobFinishedEvent",
+    "JobStartedEvent",
+    "JobSubmittedEvent",
+    "Metrics",
+    "PrivacySpentEvent",
+    "RoundCompletedEvent",
+    "RoundStartedEvent",
+    "SiteJoinedEvent",
+    "SiteLeftEvent",
+]
+
+SCHEMA_VERSION = 1
+MAX_BATCH_SIZE = 500
+_MAX_JSON_DEPTH = 16
+
+JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+# Strict numbers: a bool or a numeric string in a count or metric is a forwarder bug, not a value to coerce.
+Count = Annotated[StrictInt, Field(ge=0)]
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+MetricValue = StrictInt | FiniteFloat | None
+Metrics = dict[MetricName, MetricValue]
+"""Metric name (loss, roc_auc, accuracy, num_examples, ...) to a number, or None when the metric is undefined."""
+
+
+def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
+    """Reject JSON that cannot be stored and hashed the same way on SQLite and PostgreSQL."""
+    if depth > _MAX_JSON_DEPTH:
+        raise ValueError(f"{path} is nested deeper than {_MAX_JSON_DEPTH} levels; flatten the payload")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} is {value!r}; use null for an undefined number, JSON has no NaN or Infinity")
+    if isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"{path} key")
+            _check_json_value(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]", depth + 1)
+
+
+def _check_text(text: str, path: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{path} contains a NUL character (\\u0000), which the database cannot store; remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path} contains a lone UTF-16 surrogate; send valid Unicode text") from None
+
+
+def _check_envelope(value: Any) -> Any:
+    """Check the schema version and JSON values before the event type selects a model."""
+    if not isinstance(value, dict):
+        return value
+    version = value.get("schema_version")
+    if "schema_version" in value and (type(version) is not int or version != SCHEMA_VERSION):
+        raise ValueError(
+            f"unsupported schema_version {version!r}; this service accepts schema_version {SCHEMA_VERSION}, "
+            "so upgrade the admin service or configure the forwarder for version 1"
+        )
+    _check_json_value(value, "event")
+    return value
+
+
+class _Payload(BaseModel):
+    """Base of the payload models: unknown fields are kept and stored in the audit event."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EventBase(BaseModel):
+    """Envelope fields shared by every event type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requires_job: ClassVar[bool] = True
+    requires_site: ClassVar[bool] = False
+    requires_round: ClassVar[bool] = False
+
+    schema_version: Literal[1] = Field(description="Version of this schema; only 1 exists.")
+    event_id: UUID = Field(description="Idempotency key: a retry sends the same event_id and content.")
+    occurred_at: AwareDatetime = Field(description="When the event happened, ISO 8601 with a UTC offset.")
+    job_id: JobId | None = Field(default=None, description="FLARE job id.")
+    site: SiteName | None = Field(default=None, description="Site (FLARE client) name.")
+    round: Count | None = Field(default=None, description="0-based round number.")
+    actor: ShortText | None = Field(default=None, description="Who caused the event, when a person did.")
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _to_utc(cls, value: AwareDatetime) -> AwareDatetime:
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _check_required_context(self) -> EventBase:
+        event_type = getattr(self, "type", "event")
+        for field_name, required in (
+            ("job_id", self.requires_job),
+            ("site", self.requires_site),
+            ("round", self.requires_round),
+        ):
+            if required and getattr(self, field_name) is None:
+                raise ValueError(f"{event_type} events need {field_name}, but it is missing or null")
+        return self
+
+
+class JobSubmittedPayload(_Payload):
+    name: ShortText
+    submitter: ShortText
+    submitter_org: ShortText
+    submitter_role: ShortText
+
+
+class JobSubmittedEvent(EventBase):
+    """A job was submitted to the FLARE server."""
+
+    type: Literal["job.submitted"]
+    payload: JobSubmittedPayload
+
+
+class JobStartedPayload(_Payload):
+    name: ShortText | None = None
+    sites: list[SiteName]
+    num_rounds: Count | None = None
+
+
+class JobStartedEvent(EventBase):
+    """The server started running a job."""
+
+    type: Literal["job.started"]
+    payload: JobStartedPayload
+
+
+class RoundStartedPayload(_Payload):
+    num_rounds: Annotated[StrictInt, Field(ge=1)]
+    sites: list[SiteName]
+
+
+class RoundStartedEvent(EventBase):
+    """The server sent a round's task to ``payload.sites``."""
+
+    requires_round = True
+
+    type: Literal["round.started"]
+    payload: RoundStartedPayload
+
+
+class ContributionAcceptedPayload(_Payload):
+    num_examples: Count
+    metrics: Metrics = Field(default_factory=dict)
+
+
+class ContributionAcceptedEvent(EventBase):
+    """The server accepted a site's update for aggregation."""
+
+    requires_site = True
+    requires_round = True
+
+    type: Literal["contribution.accepted"]
+    payload: ContributionAcceptedPayload
+
+
+class ContributionRejectedPayload(_Payload):
+    reason_code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+
+
+class ContributionRejectedEvent(EventBase):
+    """The server rejected a site's update; ``reason_code`` is machine-readable, ``reason`` is for people."""
+
+    requires_site = True
+    requires_round = True
+
+    type: Literal["contribution.rejected"]
+    payload: ContributionRejectedPayload
+
+
+class RoundCompletedPayload(_Payload):
+    num_accepted: Count
+    num_rejected: Count
+    global_metrics: Metrics = Field(default_factory=dict)
+    site_metrics: dict[SiteName, Metrics] = Field(default_factory=dict)
+
+
+class RoundCompletedEvent(EventBase):
+    """The server finished aggregating a round."""
+
+    requires_round = True
+
+    type: Literal["round.completed"]
+    payload: RoundCompletedPayload
+
+
+class JobFinishedPayload(_Payload):
+    status: JobStatus
+
+    @field_validator("status")
+    @classmethod
+    def _require_terminal(cls, value: JobStatus) -> JobStatus:
+        if not is_terminal(value):
+            raise ValueError(f"job.finished needs a FINISHED:* status but got {value.value!r}")
+        return value
+
+
+class JobFinishedEvent(EventBase):
+    """A job reached a final status."""
+
+    type: Literal["job.finished"]
+    payload: JobFinishedPayload
+
+
+class SiteJoinedPayload(_Payload):
+    org: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class SiteJoinedEvent(EventBase):
+    """A site registered with the server."""
+
+    requires_job = False
+    requires_site = True
+
+    type: Literal["site.joined"]
+    payload: SiteJoinedPayload = Field(default_factory=SiteJoinedPayload)
+
+
+class SiteLeftPayload(_Payload):
+    """No fields are required."""
+
+
+class SiteLeftEvent(EventBase):
+    """A site disconnected from the server."""
+
+    requires_job = False
+    requires_site = True
+
+    type: Literal["site.left"]
+    payload: SiteLeftPayload = Field(default_factory=SiteLeftPayload)
+
+
+class PrivacySpentPayload(_Payload):
+    epsilon: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+    delta: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)]
+
+
+class PrivacySpentEvent(EventBase):
+    """Differential-privacy budget spent by a job, at a site when ``site`` is set."""
+
+    type: Literal["privacy.spent"]
+    payload: PrivacySpentPayload
+
+
+_EventUnion = (
+    JobSubmittedEvent
+    | JobStartedEvent
+    | RoundStartedEvent
+    | ContributionAcceptedEvent
+    | ContributionRejectedEvent
+    | RoundCompletedEvent
+    | JobFinishedEvent
+    | SiteJoinedEvent
+    | SiteLeftEvent
+    | PrivacySpentEvent
+)
+
+EventCreate = Annotated[_EventUnion, Field(discriminator="type"), BeforeValidator(_check_envelope)]
+"""Any event of schema version 1; ``type`` selects the model."""
+
+EVENT_MODELS: dict[str, type[EventBase]] = {
+    model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]
+    for model in _EventUnion.__args__  # type: ignore[attr-defined]
+}
+"""Event type to its model."""
+
+
+class EventReceiptPublic(BaseModel):
+    """Outcome of ingesting one event."""
+
+    event_id: UUID
+    duplicate: bool = Field(description="True when this event_id was already ingested; nothing was written.")
+    audit_seq: int = Field(description="seq of the audit event that records this event.")
+
+
+class EventBatchReceiptPublic(BaseModel):
+    """Outcome of ingesting a batch of events, in the order they were sent."""
+
+    results: list[EventReceiptPublic]
+    num_created: int
+    num_duplicates: int

@@ -1,0 +1,211 @@
+"""The audit chain service: the only code that writes audit events, and the verifier.
+
+Appends serialize so the chain never forks: on PostgreSQL each writing transaction takes a transaction-scoped
+advisory lock, and on SQLite the write session's ``BEGIN IMMEDIATE`` holds the database write lock. A unique
+``prev_hash`` column backs this up inside the database. Hashing rules are in ``admin_api.core.chain``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from admin_api.core.chain import (
+    GENESIS_HASH,
+    AuditRecord,
+    ChainVerification,
+    canonical_json,
+    compute_hash,
+    verify_records,
+)
+from admin_api.db import SQLITE_BEGIN_OPTION
+from admin_api.errors import AuditChainError
+from admin_api.models import AuditEvent
+
+__all__ = [
+    "SYSTEM_ROLE",
+    "append_audit_event",
+    "get_chain_head",
+    "list_audit_events",
+    "lock_chain",
+    "job_target",
+    "site_target",
+    "verify_chain",
+]
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_ROLE = "system"
+"""Role recorded for actions of the service itself, such as the reconciler."""
+
+_CHAIN_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.audit_events'))"
+_MAX_LENGTHS = {"actor": 255, "role": 64, "action": 64, "target": 255}
+_VERIFY_BATCH_SIZE = 1000
+
+
+def job_target(job_id: str) -> str:
+    """Return the audit target of a job, ``job:<FLARE job id>``."""
+    return f"job:{job_id}"
+
+
+def site_target(site: str) -> str:
+    """Return the audit target of a site, ``site:<name>``."""
+    return f"site:{site}"
+
+
+def lock_chain(session: Session) -> None:
+    """Make this transaction the only one writing the chain until it ends.
+
+    Call it first in a transaction that reads state and then appends, so the reads see every earlier commit.
+
+    Raises:
+        AuditChainError: On SQLite, the session was not opened with ``Database.write_session()``.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        session.execute(text(_CHAIN_LOCK_SQL))
+    elif dialect == "sqlite" and connection.get_execution_options().get(SQLITE_BEGIN_OPTION) != "IMMEDIATE":
+        raise AuditChainError(
+            "audit events on SQLite must be written in a session from Database.write_session(), whose "
+            "BEGIN IMMEDIATE serializes writers; this session began a deferred transaction"
+        )
+
+
+def _check_field(name: str, value: str | None, *, required: bool = True) -> None:
+    if value is None:
+        if required:
+            raise AuditChainError(f"audit event field {name} is missing; pass a non-empty string")
+        return
+    if not value or len(value) > _MAX_LENGTHS[name]:
+        raise AuditChainError(
+            f"audit event field {name} has {len(value)} characters; it needs 1 to {_MAX_LENGTHS[name]}"
+        )
+    if "\x00" in value:
+        raise AuditChainError(f"audit event field {name} contains a NUL character; remove it")
+
+
+def _normalize_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    """Return details exactly as they will read back from the database's JSON column."""
+    try:
+        return json.loads(canonical_json(dict(details)))  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise AuditChainError(f"audit event details are not storable JSON: {exc}") from exc
+
+
+def append_audit_event(
+    session: Session,
+    *,
+    occurred_at: datetime,
+    actor: str,
+    role: str | None,
+    action: str,
+    target: str,
+    details: Mapping[str, Any],
+) -> AuditEvent:
+    """Append one audit event to the chain inside the caller's transaction; the caller commits.
+
+    Args:
+        session: A write session; see ``lock_chain``.
+        occurred_at: When the audited action happened; must be timezone-aware.
+        actor: Who acted, for example a FLARE user name or ``consortia-reconciler``.
+        role: The actor's role, or None when unknown.
+        action: What happened, for example ``job.submitted``.
+        target: What it happened to, from ``job_target`` or ``site_target``.
+        details: JSON object with the facts of the action.
+
+    Returns:
+        The new audit event, flushed so ``seq`` and ``hash`` are set.
+
+    Raises:
+        AuditChainError: A field is missing, too long or not storable.
+    """
+    for name, value in (("actor", actor), ("action", action), ("target", target)):
+        _check_field(name, value)
+    _check_field("role", role, required=False)
+    if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+        raise AuditChainError(f"audit event occurred_at {occurred_at.isoformat()} has no timezone; pass UTC")
+    stored_details = _normalize_details(details)
+
+    lock_chain(session)
+    head = get_chain_head(session)
+    seq = 1 if head is None else head[0] + 1
+    prev_hash = GENESIS_HASH if head is None else head[1]
+    digest = compute_hash(
+        seq=seq,
+        occurred_at=occurred_at,
+        actor=actor,
+        role=role,
+        action=action,
+        target=target,
+        details=stored_details,
+        prev_hash=prev_hash,
+    )
+    event = AuditEvent(
+        seq=seq,
+        occurred_at=occurred_at,
+        actor=actor,
+        role=role,
+        action=action,
+        target=target,
+        details=stored_details,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def get_chain_head(session: Session) -> tuple[int, str] | None:
+    """Return ``(seq, hash)`` of the newest audit event, or None while the chain is empty."""
+    row = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    return None if row is None else (row.seq, row.hash)
+
+
+def list_audit_events(session: Session, *, target: str) -> list[AuditEvent]:
+    """Return the audit events of one target in seq order."""
+    return list(session.scalars(select(AuditEvent).where(AuditEvent.target == target).order_by(AuditEvent.seq)))
+
+
+def _to_record(event: AuditEvent) -> AuditRecord:
+    return AuditRecord(
+        seq=event.seq,
+        occurred_at=event.occurred_at,
+        actor=event.actor,
+        role=event.role,
+        action=event.action,
+        target=event.target,
+        details=event.details,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+def _iter_records(session: Session) -> Iterator[AuditRecord]:
+    statement = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=_VERIFY_BATCH_SIZE)
+    for event in session.scalars(statement):
+        yield _to_record(event)
+
+
+def verify_chain(session: Session) -> ChainVerification:
+    """Walk the whole audit chain in seq order and report the first event that breaks it.
+
+    Returns:
+        The result; ``first_bad_seq`` names the first bad position when ``ok`` is False.
+    """
+    result = verify_records(_iter_records(session))
+    if not result.ok:
+        logger.error(
+            "audit chain verification failed at seq %s: %s",
+            result.first_bad_seq,
+            result.reason,
+            extra={"first_bad_seq": result.first_bad_seq},
+        )
+    return result

@@ -1,0 +1,264 @@
+"""Jobs: creation, forward-only status changes and queries.
+
+Status changes follow ``admin_api.core.status.should_apply_status``. Every applied change adds a row to
+``job_status_transitions``. An ignored one (a late event that would regress the job) changes nothing here, and the
+caller records it in the audit event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from admin_api.core.chain import format_timestamp
+from admin_api.core.status import JobStatus, StatusSource, is_terminal, should_apply_status
+from admin_api.errors import JobNotFoundError
+from admin_api.models import Contribution, Job, JobStatusTransition, RoundMetrics
+from admin_api.schemas.jobs import (
+    ContributionPublic,
+    JobDetailPublic,
+    JobPublic,
+    RoundPublic,
+    StatusTransitionPublic,
+)
+
+__all__ = [
+    "FINISHED_FILTER",
+    "StatusChange",
+    "apply_status",
+    "create_job",
+    "get_job",
+    "get_job_detail",
+    "list_jobs",
+    "merge_job_sites",
+    "require_job",
+    "utc_now",
+]
+
+FINISHED_FILTER = "FINISHED"
+"""Status filter value that matches every final status."""
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A status change that was applied to a job."""
+
+    from_status: str | None
+    to_status: str
+    at: datetime
+    source: StatusSource
+
+    def as_details(self) -> dict[str, Any]:
+        """Return the change as JSON for an audit event."""
+        return {
+            "from": self.from_status,
+            "to": self.to_status,
+            "at": format_timestamp(self.at),
+            "source": self.source.value,
+        }
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    """Return the job with FLARE id ``job_id``, or None."""
+    return session.scalar(select(Job).where(Job.job_id == job_id))
+
+
+def require_job(session: Session, job_id: str) -> Job:
+    """Return the job with FLARE id ``job_id``.
+
+    Raises:
+        JobNotFoundError: No such job is recorded.
+    """
+    job = get_job(session, job_id)
+    if job is None:
+        raise JobNotFoundError(job_id)
+    return job
+
+
+def create_job(
+    session: Session,
+    job_id: str,
+    *,
+    status: JobStatus,
+    at: datetime,
+    source: StatusSource,
+    event_id: str | None = None,
+) -> tuple[Job, StatusChange]:
+    """Record a job seen for the first time, with ``status`` as its first transition.
+
+    Returns:
+        The new job and its first status change.
+    """
+    now = utc_now()
+    job = Job(job_id=job_id, status=status.value, sites=[], created_at=now, updated_at=now)
+    session.add(job)
+    session.flush()
+    change = StatusChange(from_status=None, to_status=status.value, at=at, source=source)
+    _record_transition(session, job, change, event_id)
+    _stamp_status_times(job, status, at)
+    return job, change
+
+
+def apply_status(
+    session: Session,
+    job: Job,
+    status: JobStatus,
+    *,
+    at: datetime,
+    source: StatusSource,
+    event_id: str | None = None,
+) -> StatusChange | None:
+    """Move a job to ``status`` unless that would regress it.
+
+    Args:
+        session: Session of the current write transaction.
+        job: The job to change.
+        status: The reported status.
+        at: When the job reached ``status``.
+        source: Who reported it.
+        event_id: The event that reported it, when ``source`` is an event.
+
+    Returns:
+        The applied change, or None when the status was ignored (unchanged or a regression).
+    """
+    current = JobStatus(job.status)
+    if not should_apply_status(current, status, source):
+        return None
+    change = StatusChange(from_status=current.value, to_status=status.value, at=at, source=source)
+    job.status = status.value
+    job.updated_at = utc_now()
+    _record_transition(session, job, change, event_id)
+    _stamp_status_times(job, status, at)
+    return change
+
+
+def _record_transition(session: Session, job: Job, change: StatusChange, event_id: str | None) -> None:
+    session.add(
+        JobStatusTransition(
+            job_pk=job.id,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            at=change.at,
+            source=change.source.value,
+            event_id=event_id,
+        )
+    )
+
+
+def _stamp_status_times(job: Job, status: JobStatus, at: datetime) -> None:
+    if status == JobStatus.RUNNING and job.started_at is None:
+        job.started_at = at
+    if is_terminal(status):
+        job.finished_at = at
+
+
+def merge_job_sites(job: Job, sites: Iterable[str]) -> list[str]:
+    """Add sites to the job's site list, keeping it sorted and unique.
+
+    Returns:
+        The sites that were not listed before.
+    """
+    known = set(job.sites or [])
+    added = sorted(set(sites) - known)
+    if added:
+        job.sites = sorted(known | set(added))
+        job.updated_at = utc_now()
+    return added
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    submitter: str | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    """Return one page of jobs, newest submission first, and the number of jobs matching the filters.
+
+    Args:
+        session: A read session.
+        status: Exact FLARE status, or ``FINISHED`` for every final status.
+        submitter: Exact submitter name.
+        name: Case-insensitive substring of the job name.
+        limit: Page size.
+        offset: Jobs to skip.
+    """
+    statement = select(Job)
+    if status == FINISHED_FILTER:
+        statement = statement.where(Job.status.like("FINISHED%"))
+    elif status is not None:
+        statement = statement.where(Job.status == status)
+    if submitter is not None:
+        statement = statement.where(Job.submitter == submitter)
+    if name is not None:
+        statement = statement.where(Job.name.ilike(f"%{_escape_like(name)}%", escape="\\"))
+
+    count = session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+    # Jobs without a known submission time go last; the id keeps the order stable across pages.
+    page = statement.order_by(Job.submitted_at.is_(None), Job.submitted_at.desc(), Job.id.desc())
+    jobs = list(session.scalars(page.limit(limit).offset(offset)))
+    return jobs, count
+
+
+def _build_rounds(metrics_rows: list[RoundMetrics], contributions: list[Contribution]) -> list[RoundPublic]:
+    global_metrics: dict[int, dict[str, Any]] = {}
+    site_metrics: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_round: dict[int, list[ContributionPublic]] = defaultdict(list)
+    for row in metrics_rows:
+        if row.site is None:
+            global_metrics[row.round] = row.metrics
+        else:
+            site_metrics[row.round][row.site] = row.metrics
+    for contribution in contributions:
+        by_round[contribution.round].append(ContributionPublic.model_validate(contribution))
+
+    rounds = sorted(set(global_metrics) | set(site_metrics) | set(by_round))
+    return [
+        RoundPublic(
+            round=round_number,
+            global_metrics=global_metrics.get(round_number),
+            site_metrics=dict(sorted(site_metrics[round_number].items())),
+            contributions=by_round[round_number],
+        )
+        for round_number in rounds
+    ]
+
+
+def get_job_detail(session: Session, job_id: str) -> JobDetailPublic:
+    """Return a job with its status history, per-round metrics and contributions.
+
+    Raises:
+        JobNotFoundError: No such job is recorded.
+    """
+    job = require_job(session, job_id)
+    transitions = session.scalars(
+        select(JobStatusTransition).where(JobStatusTransition.job_pk == job.id).order_by(JobStatusTransition.id)
+    )
+    metrics_rows = session.scalars(
+        select(RoundMetrics).where(RoundMetrics.job_pk == job.id).order_by(RoundMetrics.round, RoundMetrics.site)
+    )
+    contributions = session.scalars(
+        select(Contribution).where(Contribution.job_pk == job.id).order_by(Contribution.round, Contribution.site)
+    )
+    return JobDetailPublic(
+        **JobPublic.model_validate(job).model_dump(),
+        status_history=[StatusTransitionPublic.model_validate(row) for row in transitions],
+        rounds=_build_rounds(list(metrics_rows), list(contributions)),
+    )

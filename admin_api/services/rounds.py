@@ -1,0 +1,80 @@
+"""Per-round metrics and site contributions of a job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from admin_api.models import Contribution, Job, RoundMetrics
+
+__all__ = ["record_contribution", "record_round_metrics"]
+
+
+def record_round_metrics(
+    session: Session,
+    job: Job,
+    *,
+    round_number: int,
+    site: str | None,
+    metrics: Mapping[str, Any],
+    at: datetime,
+) -> RoundMetrics:
+    """Merge metrics into a round's global row (``site`` None) or a site's row.
+
+    A metric reported again replaces the earlier value; other metrics stay.
+    """
+    statement = select(RoundMetrics).where(RoundMetrics.job_pk == job.id, RoundMetrics.round == round_number)
+    if site is None:
+        statement = statement.where(RoundMetrics.site.is_(None))
+    else:
+        statement = statement.where(RoundMetrics.site == site)
+    row = session.scalar(statement)
+    if row is None:
+        row = RoundMetrics(job_pk=job.id, round=round_number, site=site, metrics=dict(metrics), updated_at=at)
+        session.add(row)
+    else:
+        # A new dict, because SQLAlchemy does not track changes made inside a JSON value.
+        row.metrics = {**row.metrics, **metrics}
+        row.updated_at = max(row.updated_at, at)
+    session.flush()
+    return row
+
+
+def record_contribution(
+    session: Session,
+    job: Job,
+    *,
+    round_number: int,
+    site: str,
+    accepted: bool,
+    at: datetime,
+    num_examples: int | None = None,
+    reason_code: str | None = None,
+    reason: str | None = None,
+) -> Contribution:
+    """Record whether a site's update was accepted in a round.
+
+    A report for the same job, round and site replaces the recorded one only if it did not happen earlier, so a late
+    delivery cannot overwrite a newer decision.
+    """
+    row = session.scalar(
+        select(Contribution).where(
+            Contribution.job_pk == job.id, Contribution.round == round_number, Contribution.site == site
+        )
+    )
+    if row is None:
+        row = Contribution(job_pk=job.id, round=round_number, site=site, accepted=accepted, occurred_at=at)
+        session.add(row)
+    elif at < row.occurred_at:
+        return row
+    row.accepted = accepted
+    row.num_examples = num_examples
+    row.reason_code = reason_code
+    row.reason = reason
+    row.occurred_at = at
+    session.flush()
+    return row

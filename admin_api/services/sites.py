@@ -1,0 +1,49 @@
+"""Sites: recorded from the events that name them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from admin_api.models import Site, SiteStatus
+
+__all__ = ["list_sites", "set_site_status", "touch_site"]
+
+
+def touch_site(session: Session, name: str, *, at: datetime, org: str | None = None) -> Site:
+    """Record that ``name`` was seen at ``at``, creating the site on first sight.
+
+    ``first_seen`` and ``last_seen`` widen to include ``at``, so events arriving out of order give the same result.
+    A non-None ``org`` replaces the recorded one.
+    """
+    site = session.scalar(select(Site).where(Site.name == name))
+    if site is None:
+        site = Site(name=name, org=org, first_seen=at, last_seen=at, status=SiteStatus.UNKNOWN.value)
+        session.add(site)
+        session.flush()
+        return site
+    site.first_seen = min(site.first_seen, at)
+    site.last_seen = max(site.last_seen, at)
+    if org is not None:
+        site.org = org
+    return site
+
+
+def set_site_status(site: Site, status: SiteStatus, *, at: datetime) -> bool:
+    """Set a site's connection status unless a newer report already set it.
+
+    Returns:
+        True when the status was applied.
+    """
+    if site.status_at is not None and at < site.status_at:
+        return False
+    site.status = status.value
+    site.status_at = at
+    return True
+
+
+def list_sites(session: Session) -> list[Site]:
+    """Return every recorded site, by name."""
+    return list(session.scalars(select(Site).order_by(Site.name)))
