@@ -1,0 +1,1 @@
+"""HTTP layer: routes, dependencies, middleware and problem-details error handlers."""

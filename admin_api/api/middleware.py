@@ -1,0 +1,109 @@
+"""ASGI middleware: request ids with one access log line per request, and a request body size limit."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from http import HTTPStatus
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from admin_api.request_context import request_id_var
+
+__all__ = ["BodySizeLimitMiddleware", "RequestIdMiddleware"]
+
+logger = logging.getLogger("admin_api.access")
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Tag each request with an id (the client's ``X-Request-ID`` if valid, else a new one) and log it once done."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        presented = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = presented if _VALID_REQUEST_ID.match(presented) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("ascii"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            logger.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status_code,
+                extra={"status": status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+            )
+            request_id_var.reset(token)
+
+
+
+class BodySizeLimitMiddleware:
+    """Reject a request body larger than ``max_bytes`` with 413 problem details.
+
+    A declared Content-Length over the limit is rejected before the app runs. A streamed body is counted while the
+    route reads it, and passing the limit raises an HTTPException(413) that the problem handlers render.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _detail(self) -> str:
+        return f"request body exceeds {self.max_bytes} bytes; send events in smaller batches"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse(
+                {
+                    "type": "urn:consortia:problem:request-entity-too-large",
+                    "title": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.phrase,
+                    "status": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
+                    "detail": self._detail(),
+                    "instance": scope["path"],
+                    "request_id": request_id_var.get(),
+                },
+                status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
+                media_type="application/problem+json",
+            )
+            await response(scope, receive, send)
+            return
+
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, self._detail())
+            return message
+
+        await self.app(scope, counting_receive, send)
