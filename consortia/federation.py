@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 ADMIN_SERVICE = "admin-service"
 
+# FLARE's server waits this long (default 900 s) for a dead site's outcome after a job's workflow has ended, which
+# keeps a finished job RUNNING for 15 minutes when a site died mid-job. Operators can override it in the environment.
+CLIENT_OUTCOME_WAIT_S = "30"
+
 
 class FederationError(RuntimeError):
     """Raised when the federation cannot be started, reached or stopped."""
@@ -48,6 +52,7 @@ def _child_env(workspace: Workspace) -> dict[str, str]:
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     env["HOME"] = str(workspace.home_dir)
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT", CLIENT_OUTCOME_WAIT_S)
     env.pop("NVFL_WORKSPACE", None)
     return env
 

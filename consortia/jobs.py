@@ -15,7 +15,15 @@ from typing import Any
 
 SERVER_CONFIG = Path("app/config/config_fed_server.json")
 CLIENT_CONFIG = Path("app/config/config_fed_client.json")
-SERVER_PARAMETERS = ("num_rounds", "min_sites", "round_timeout", "wait_time_after_min_received", "max_update_norm")
+SERVER_PARAMETERS = (
+    "num_rounds",
+    "min_sites",
+    "round_timeout",
+    "wait_time_after_min_received",
+    "max_update_norm",
+    "aggregation",
+    "site_selection",
+)
 
 
 class JobDefinitionError(ValueError):

@@ -1,11 +1,15 @@
-"""Server workflow: FedAvg rounds with contribution checks, k-of-n participation and audited events.
+"""Server workflow: federated rounds with contribution checks, k-of-n participation and audited events.
 
-Each round the controller sends the global model to every site, checks each returned model before it touches
-the aggregate (``app_custom.core.validation``), folds accepted models into a streaming weighted mean with
-``num_examples`` as the aggregation weight (``app_custom.core.aggregation``), and reports every step as a Consortia
-event. Unlike FLARE's stock ``FedAvg``, a round ends after ``round_timeout`` seconds even if a site died, and the
-job fails with a clear message when fewer than ``min_sites`` valid contributions arrive: a global model is never
-built from nothing or from NaN.
+Each round the controller sends the global model to the sites, checks each returned model before it touches the
+aggregate (``app_custom.core.validation``), folds accepted models into the configured aggregation
+(``app_custom.core.round_aggregation``: streaming weighted FedAvg by default, ``num_examples`` as aggregation
+weight), and reports every step as a Consortia event. Unlike FLARE's stock ``FedAvg``, a round ends after
+``round_timeout`` seconds even if a site died, and the job fails with a clear message when fewer than ``min_sites``
+valid contributions arrive: a global model is never built from nothing or from NaN.
+
+Options cover the platform's algorithms: FedProx is a site-side setting of the training script; Fed-Focal Loss is the
+site's loss plus ``aggregation.focal_beta``/``focal_top_fraction`` here; CatFedAvg (``site_selection``) first asks
+every site for its class histogram, then requests updates only from the sites chosen by category coverage.
 
 Global metrics: at round r every site evaluates the global model it receives (the model after r rounds of
 aggregation) on its own held-out split before training, and the controller averages those metrics weighted by
@@ -14,6 +18,7 @@ held-out size. A closing evaluation task reports the final model as round ``num_
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -24,41 +29,31 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from app_custom.core.aggregation import WeightedFedAvg
 from app_custom.core.errors import ContributionRejected, CoreError
+from app_custom.core.round_aggregation import AggregationConfig, RoundAggregator
+from app_custom.core.round_metrics import clean_metrics, weighted_site_mean
+from app_custom.core.selection import select_by_category_coverage
 from app_custom.core.validation import check_contribution
 from app_custom.flare.event_forwarder import spool_event
 from app_custom.flare.events import make_envelope
 
-METRIC_KEYS = ("loss", "roc_auc", "accuracy", "balanced_accuracy")
-
-
-def weighted_site_mean(site_metrics: dict[str, dict[str, Any]], prefix: str) -> dict[str, float | None]:
-    """Average ``<prefix>_<metric>`` over sites, weighted by held-out size, skipping undefined (None) values."""
-    result: dict[str, float | None] = {}
-    for key in METRIC_KEYS:
-        total = 0.0
-        weight = 0.0
-        for metrics in site_metrics.values():
-            value = metrics.get(f"{prefix}_{key}")
-            size = float(metrics.get("num_test_examples") or 0.0)
-            if value is None or size <= 0 or not np.isfinite(value):
-                continue
-            total += float(value) * size
-            weight += size
-        result[key] = total / weight if weight > 0 else None
-    return result
+METADATA_ROUND = -1
 
 
 class ConsortiaFedAvg(ModelController):
-    """FedAvg (McMahan et al. 2017) with contribution checks and bounded rounds.
+    """Federated averaging (McMahan et al. 2017) with contribution checks and bounded rounds.
 
     Args:
         num_rounds: number of training rounds.
-        min_sites: valid contributions needed per round; ``None`` means every site that is connected at start.
+        min_sites: valid contributions needed per round; ``None`` means every site that is connected at start
+            (or every selected site with ``site_selection``).
         round_timeout: seconds a round waits for sites before it closes with what arrived (0 waits forever).
         wait_time_after_min_received: seconds to keep waiting for late sites once ``min_sites`` have answered.
         max_update_norm: reject a contribution whose L2 distance to the global model exceeds this (None: no bound).
+        aggregation: ``AggregationConfig`` fields (method, trim_fraction, focal_beta, focal_top_fraction,
+            server_optimizer, server_learning_rate).
+        site_selection: CatFedAvg selection, ``{"variant": "full_coverage"}`` or ``{"variant": "budget",
+            "budget": k}``; None trains every site.
         final_evaluation: evaluate the final global model at every site after the last round.
         persistor_id: component id of the model persistor.
         task_check_period: seconds between checks of outstanding tasks.
@@ -71,6 +66,8 @@ class ConsortiaFedAvg(ModelController):
         round_timeout: int = 600,
         wait_time_after_min_received: int = 0,
         max_update_norm: float | None = None,
+        aggregation: dict[str, Any] | None = None,
+        site_selection: dict[str, Any] | None = None,
         final_evaluation: bool = True,
         persistor_id: str = AppConstants.DEFAULT_PERSISTOR_ID,
         task_check_period: float = 0.2,
@@ -82,18 +79,23 @@ class ConsortiaFedAvg(ModelController):
             raise ValueError(f"invalid min_sites {min_sites}: use 1 or more, or null for all sites")
         if round_timeout < 0:
             raise ValueError(f"invalid round_timeout {round_timeout}: use seconds >= 0 (0 waits forever)")
+        if site_selection is not None and site_selection.get("variant") not in ("full_coverage", "budget"):
+            raise ValueError(f"invalid site_selection {site_selection!r}: use variant 'full_coverage' or 'budget'")
         self.num_rounds = num_rounds
         self.min_sites = min_sites
         self.round_timeout = round_timeout
         self.wait_time_after_min_received = wait_time_after_min_received
         self.max_update_norm = max_update_norm
+        self.round_aggregator = RoundAggregator(AggregationConfig(**(aggregation or {})))
+        self.site_selection = site_selection
         self.final_evaluation = final_evaluation
         self._lock = threading.Lock()
-        self._aggregate = WeightedFedAvg()
         self._global_params: dict[str, np.ndarray] = {}
         self._site_metrics: dict[str, dict[str, Any]] = {}
+        self._class_counts: dict[str, list[int]] = {}
         self._responded: set[str] = set()
         self._rejected = 0
+        self._bytes_uploaded = 0
         self._round = 0
         self._warned_no_spool = False
 
@@ -102,39 +104,77 @@ class ConsortiaFedAvg(ModelController):
     def run(self) -> None:
         model = self.load_model()
         sites = self._connected_sites()
-        required = self._required_sites(sites)
-        self.info(f"FedAvg over {sites} for {self.num_rounds} rounds, {required} valid contributions required per round")
+        if self.min_sites is not None and self.min_sites > len(sites):
+            self.system_panic(
+                f"min_sites={self.min_sites} but only {len(sites)} sites are connected ({sites}): lower min_sites "
+                "or wait until the missing sites register",
+                self.fl_ctx,
+            )
+            return
+        self.info(f"training {sites} for {self.num_rounds} rounds")
+        if self.site_selection:
+            self._collect_class_counts(model, sites)
         for self._round in range(self.num_rounds):
-            model = self._run_round(model, sites, required)
+            targets = self._select_sites(sites)
+            model = self._run_round(model, targets)
             if model is None:
                 return
             self.save_model(model)
         if self.final_evaluation:
             self._evaluate_final(model, sites)
-        self.info("FedAvg finished")
+        self.info("training finished")
 
-    def _run_round(self, model: FLModel, sites: list[str], required: int) -> FLModel | None:
+    def _run_round(self, model: FLModel, targets: list[str]) -> FLModel | None:
         current = self._round
-        self._emit("round.started", payload={"num_rounds": self.num_rounds, "sites": sites})
+        required = self._required_sites(targets)
+        self._emit("round.started", payload={"num_rounds": self.num_rounds, "sites": targets})
         self._start_collecting(model)
         model.current_round = current
         model.total_rounds = self.num_rounds
-        self._broadcast("train", model, sites, required)
+        self._broadcast("train", model, targets, required)
         if self.abort_signal.triggered:
             return None
-        self._report_missing(sites)
-        accepted = self._aggregate.count
+        self._report_missing(targets)
+        accepted = self.round_aggregator.count
         if accepted < required:
-            message = (
-                f"round {current} received {accepted} valid contributions from {sorted(self._accepted_sites())}, "
-                f"but min_sites={required}: stopping the job instead of building a global model from too few sites"
-            )
             self._emit_round_completed(accepted)
-            self.system_panic(message, self.fl_ctx)
+            self.system_panic(
+                f"round {current} received {accepted} valid contributions but min_sites={required}: stopping the "
+                "job instead of building a global model from too few sites; see the rejected contributions",
+                self.fl_ctx,
+            )
             return None
-        params = self._aggregate.result()
+        try:
+            params = self.round_aggregator.result(self._global_params)
+        except CoreError as exc:
+            self._emit_round_completed(accepted)
+            self.system_panic(f"round {current} aggregation failed: {exc}", self.fl_ctx)
+            return None
         self._emit_round_completed(accepted)
         return FLModel(params=params, params_type=model.params_type, current_round=current, total_rounds=self.num_rounds)
+
+    def _collect_class_counts(self, model: FLModel, sites: list[str]) -> None:
+        """Ask every site for its class histogram (CatFedAvg's metadata step, no model upload)."""
+        self._round = METADATA_ROUND
+        self._start_collecting(model)
+        self._broadcast("validate", model, sites, len(sites))
+        self._bytes_uploaded = sum(len(json.dumps(counts)) for counts in self._class_counts.values())
+        self.info(f"class histograms from {sorted(self._class_counts)} ({self._bytes_uploaded} bytes)")
+
+    def _select_sites(self, sites: list[str]) -> list[str]:
+        if not self.site_selection:
+            return sites
+        counts = {site: self._class_counts[site] for site in sites if site in self._class_counts}
+        if not counts:
+            raise RuntimeError("CatFedAvg selection needs class histograms, but no site reported one")
+        selected = select_by_category_coverage(
+            counts,
+            variant=self.site_selection["variant"],
+            budget=self.site_selection.get("budget"),
+            seed=self._round,
+        )
+        self.info(f"round {self._round}: CatFedAvg selected {selected} of {sites}")
+        return sorted(selected)
 
     def _evaluate_final(self, model: FLModel, sites: list[str]) -> None:
         self._round = self.num_rounds
@@ -156,7 +196,7 @@ class ConsortiaFedAvg(ModelController):
         )
         while self.get_num_standing_tasks():
             if self.abort_signal.triggered:
-                self.info("abort requested: stopping FedAvg")
+                self.info("abort requested: stopping")
                 return
             time.sleep(self._task_check_period)
 
@@ -164,49 +204,56 @@ class ConsortiaFedAvg(ModelController):
 
     def _start_collecting(self, model: FLModel) -> None:
         with self._lock:
-            self._aggregate.reset()
+            self.round_aggregator.reset()
             self._global_params = {k: np.asarray(v) for k, v in (model.params or {}).items()}
             self._site_metrics = {}
             self._responded = set()
             self._rejected = 0
+            self._bytes_uploaded = 0
 
     def _on_result(self, result: FLModel) -> None:
-        site = (result.meta or {}).get("client_name", "unknown")
+        meta = result.meta or {}
+        site = meta.get("client_name", "unknown")
         with self._lock:
             self._responded.add(site)
             if result.metrics:
                 self._site_metrics[site] = dict(result.metrics)
-            if self._round >= self.num_rounds:
+            if self._round == METADATA_ROUND and meta.get("class_counts") is not None:
+                self._class_counts[site] = [int(c) for c in meta["class_counts"]]
+            if not 0 <= self._round < self.num_rounds:
                 return
-            if not result.params:
-                self._reject(site, "missing_params", "the site's result carries no model parameters")
-                return
-            try:
-                num_examples = (result.meta or {}).get("num_examples")
-                params = {k: np.asarray(v) for k, v in result.params.items()}
-                check_contribution(
-                    params,
-                    global_params=self._global_params or None,
-                    num_examples=num_examples,
-                    max_update_norm=self.max_update_norm,
-                )
-                self._aggregate.add(params, float(num_examples))
-            except ContributionRejected as exc:
-                self._reject(site, exc.reason_code, str(exc))
-                return
-            except CoreError as exc:
-                self._reject(site, "invalid", str(exc))
-                return
-        self.info(f"round {self._round}: accepted model from {site} ({num_examples} examples)")
-        self._emit(
-            "contribution.accepted",
-            site=site,
-            payload={"num_examples": int(num_examples), "metrics": _clean(result.metrics or {})},
-        )
+            outcome = self._accept(site, result)
+        if outcome is not None:
+            self._emit("contribution.accepted", site=site, payload=outcome)
 
-    def _accept_train_result(
-        self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False
-    ) -> bool:
+    def _accept(self, site: str, result: FLModel) -> dict[str, Any] | None:
+        """Check and aggregate one training result; return the accepted event payload, or None when rejected."""
+        if not result.params:
+            self._reject(site, "missing_params", "the site's result carries no model parameters")
+            return None
+        metrics = result.metrics or {}
+        num_examples = (result.meta or {}).get("num_examples")
+        try:
+            params = {k: np.asarray(v) for k, v in result.params.items()}
+            check_contribution(
+                params,
+                global_params=self._global_params or None,
+                num_examples=num_examples,
+                max_update_norm=self.max_update_norm,
+            )
+            self.round_aggregator.add(site, params, float(num_examples), metrics.get("local_train_loss"))
+        except ContributionRejected as exc:
+            self._reject(site, exc.reason_code, str(exc))
+            return None
+        except CoreError as exc:
+            self._reject(site, "invalid", str(exc))
+            return None
+        upload_bytes = int(sum(array.nbytes for array in params.values()))
+        self._bytes_uploaded += upload_bytes
+        self.info(f"round {self._round}: accepted model from {site} ({num_examples} examples)")
+        return {"num_examples": int(num_examples), "upload_bytes": upload_bytes, "metrics": clean_metrics(metrics)}
+
+    def _accept_train_result(self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False) -> bool:
         # NOTE: this overrides a private hook of FLARE 2.9's BaseModelController, the only place where a site's
         # error return code is visible; results with an error code never reach the callback.
         accepted = super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
@@ -214,7 +261,7 @@ class ConsortiaFedAvg(ModelController):
         if not accepted and not is_unknown_task and return_code not in (None, ReturnCode.OK):
             with self._lock:
                 self._responded.add(client_name)
-            if self._round < self.num_rounds:
+            if 0 <= self._round < self.num_rounds:
                 self._reject(client_name, "site_error", f"the site failed the task with return code {return_code}")
         return accepted
 
@@ -228,11 +275,7 @@ class ConsortiaFedAvg(ModelController):
             if site not in self._responded:
                 self._reject(site, "no_response", f"no result within round_timeout={self.round_timeout} s")
 
-    def _accepted_sites(self) -> list[str]:
-        return [s for s in self._responded if s in self._site_metrics]
-
     def _emit_round_completed(self, accepted: int) -> None:
-        site_metrics = {site: _clean(metrics) for site, metrics in self._site_metrics.items()}
         global_metrics = weighted_site_mean(self._site_metrics, "global")
         self.info(f"round {self._round}: global metrics {global_metrics}")
         self._emit(
@@ -240,8 +283,9 @@ class ConsortiaFedAvg(ModelController):
             payload={
                 "num_accepted": accepted,
                 "num_rejected": self._rejected,
+                "bytes_uploaded": self._bytes_uploaded,
                 "global_metrics": global_metrics,
-                "site_metrics": site_metrics,
+                "site_metrics": {site: clean_metrics(m) for site, m in self._site_metrics.items()},
                 "evaluation_only": self._round >= self.num_rounds,
             },
         )
@@ -254,14 +298,13 @@ class ConsortiaFedAvg(ModelController):
     def _required_sites(self, sites: list[str]) -> int:
         if self.min_sites is None:
             return len(sites)
-        if self.min_sites > len(sites):
-            raise ValueError(f"min_sites={self.min_sites} but only {len(sites)} sites are connected: {sites}")
-        return self.min_sites
+        return min(self.min_sites, len(sites))
 
     def _emit(self, event_type: str, *, site: str | None = None, payload: dict[str, Any] | None = None) -> None:
         with self.engine.new_context() as fl_ctx:
             job_id = fl_ctx.get_job_id()
-        envelope = make_envelope(event_type, job_id=job_id, site=site, round_number=self._round, payload=payload)
+        round_number = self._round if self._round >= 0 else None
+        envelope = make_envelope(event_type, job_id=job_id, site=site, round_number=round_number, payload=payload)
         server_root = self.engine.get_workspace().get_root_dir()
         try:
             spooled = spool_event(server_root, envelope)
@@ -271,16 +314,3 @@ class ConsortiaFedAvg(ModelController):
         if not spooled and not self._warned_no_spool:
             self._warned_no_spool = True
             self.warning(f"no event forwarder in {server_root}/local/resources.json: events are not reported")
-
-
-def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Keep JSON-safe scalar metrics; NaN and infinities become None (undefined)."""
-    cleaned: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, (bool, np.bool_)):
-            cleaned[key] = bool(value)
-        elif isinstance(value, (int, float, np.integer, np.floating)):
-            cleaned[key] = float(value) if np.isfinite(value) else None
-        elif value is None:
-            cleaned[key] = None
-    return cleaned

@@ -15,9 +15,11 @@ import argparse
 import logging
 
 import nvflare.client as flare
+import numpy as np
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel
 
+from app_custom.core.losses import FocalLoss
 from app_custom.data.tabular import load_site_data
 from app_custom.models.mlp import TabularMLP
 from app_custom.site.training import LocalTrainingConfig, evaluate, load_numpy_params, train_local
@@ -34,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight (0 = FedAvg)")
     parser.add_argument("--hidden", type=str, default="32,16", help="hidden layer widths, comma separated")
     parser.add_argument("--seed", type=int, default=0, help="seed of local shuffling")
+    parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="training loss")
+    parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss focusing parameter (>= 0)")
+    parser.add_argument("--focal-alpha", type=float, default=None, help="focal loss weight of the positive class")
     return parser.parse_args(argv)
 
 
@@ -41,8 +46,21 @@ def prefixed(prefix: str, metrics: dict[str, float | None]) -> dict[str, float |
     return {f"{prefix}_{key}": value for key, value in metrics.items()}
 
 
+def make_loss(args: argparse.Namespace) -> torch.nn.Module:
+    """Return the training loss; invalid focal settings raise before any training."""
+    if args.loss == "focal":
+        return FocalLoss(alpha=args.focal_alpha, gamma=args.focal_gamma)
+    return torch.nn.BCEWithLogitsLoss()
+
+
+def class_counts(labels: np.ndarray) -> list[int]:
+    """Return the number of training rows per class (0, 1), the metadata CatFedAvg selects sites by."""
+    return np.bincount(labels.astype(int), minlength=2).tolist()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    loss_fn = make_loss(args)
     flare.init()
     site = flare.get_site_name()
     data = load_site_data(args.data_dir)
@@ -59,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics = prefixed("global", evaluate(model, data.x_test, data.y_test))
         metrics["num_test_examples"] = float(len(data.y_test))
         if flare.is_evaluate():
-            flare.send(FLModel(metrics=metrics, meta={"num_examples": len(data.y_train)}))
+            meta = {"num_examples": len(data.y_train), "class_counts": class_counts(data.y_train)}
+            flare.send(FLModel(metrics=metrics, meta=meta))
             continue
 
         config = LocalTrainingConfig(
@@ -70,15 +89,16 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed + 1000 * current_round,
         )
         global_params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        steps = train_local(model, data.x_train, data.y_train, config, global_params=global_params)
+        outcome = train_local(model, data.x_train, data.y_train, config, loss_fn=loss_fn, global_params=global_params)
         metrics.update(prefixed("local", evaluate(model, data.x_test, data.y_test)))
+        metrics["local_train_loss"] = outcome.mean_loss
         output = FLModel(
             params={k: v.detach().cpu() for k, v in model.state_dict().items()},
             metrics=metrics,
-            meta={"NUM_STEPS_CURRENT_ROUND": steps, "num_examples": len(data.y_train)},
+            meta={"NUM_STEPS_CURRENT_ROUND": outcome.num_steps, "num_examples": len(data.y_train)},
         )
         flare.send(output)
-        logger.info("site %s finished round %d with %d steps", site, current_round, steps)
+        logger.info("site %s finished round %d with %d steps", site, current_round, outcome.num_steps)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ class LocalTrainingConfig:
             raise ValueError(f"invalid fedprox_mu {self.fedprox_mu}: use 0 (FedAvg) or a positive number")
 
 
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What one round of local training did: optimiser steps and the mean loss of its last epoch."""
+
+    num_steps: int
+    mean_loss: float
+
+
 def train_local(
     model: nn.Module,
     x: np.ndarray,
@@ -41,8 +49,8 @@ def train_local(
     config: LocalTrainingConfig,
     loss_fn: nn.Module | None = None,
     global_params: Mapping[str, torch.Tensor] | None = None,
-) -> int:
-    """Train ``model`` in place on (x, y) and return the number of optimiser steps.
+) -> TrainingOutcome:
+    """Train ``model`` in place on (x, y).
 
     With ``config.fedprox_mu > 0`` and ``global_params`` the FedProx proximal term (mu/2)·||w − w_global||²
     (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is added to the loss.
@@ -60,16 +68,22 @@ def train_local(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     model.train()
     steps = 0
+    epoch_loss = 0.0
     for _ in range(config.local_epochs):
+        epoch_loss, epoch_rows = 0.0, 0
         for features, labels in loader:
             optimizer.zero_grad()
-            loss = loss_fn(model(features), labels)
+            data_loss = loss_fn(model(features), labels)
+            loss = data_loss
             if config.fedprox_mu > 0 and global_params is not None:
                 loss = loss + proximal_term(model, global_params, config.fedprox_mu)
             loss.backward()
             optimizer.step()
             steps += 1
-    return steps
+            epoch_loss += float(data_loss.detach()) * len(labels)
+            epoch_rows += len(labels)
+        epoch_loss /= max(epoch_rows, 1)
+    return TrainingOutcome(num_steps=steps, mean_loss=epoch_loss)
 
 
 def predict_scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
