@@ -20,17 +20,21 @@ __all__ = ["WeightedFedAvg", "weighted_fedavg"]
 
 logger = logging.getLogger(__name__)
 
-# Elements per chunk of the in-place update: 2**16 float32 values (256 KiB) keep the scratch buffer in the L2 cache,
-# so each contribution is read from memory once and the running mean is read and written once.
+# Elements per chunk of the in-place update: a scratch buffer of 2**16 values (256 KiB as float32) stays in cache, so
+# each contribution is read from main memory only once.
 _CHUNK = 1 << 16
+
+# When the total weight exceeds this multiple of the reference weight, the sum is rescaled so it cannot overflow.
+_MAX_WEIGHT_RATIO = 1e6
 
 
 class WeightedFedAvg:
     """Weighted mean of site models, computed in one pass over each contribution.
 
-    The running mean is updated as ``mean += (w_k / W_k) * (x_k - mean)``, where ``W_k`` is the total weight
-    including site k. Each step is a convex combination, so the result stays inside the per-coordinate range of the inputs (up to rounding), cannot overflow
-    however large the weights are, and a single contribution is returned exactly.
+    Each floating-point array is kept as a scaled sum ``S = sum_k (w_k / r) * x_k``, updated in place chunk by chunk
+    for each contribution, and ``result()`` returns ``S * r / sum_k w_k``. The reference weight ``r`` is the
+    first weight. When a weight would make ``sum_k w_k / r`` exceed 1e6, ``S`` is first rescaled to a new ``r``, so
+    the sum cannot overflow however large or uneven the weights are. A single contribution is returned exactly.
 
     Floating-point arrays are accumulated in ``np.result_type(dtype, float32)``: float16 and float32 in float32,
     float64 in float64. Integer and boolean arrays (for example BatchNorm ``num_batches_tracked``) are not averaged:
@@ -48,6 +52,7 @@ class WeightedFedAvg:
         self._dtypes: dict[str, np.dtype] = {}
         self._count = 0
         self._total_weight = 0.0
+        self._reference_weight = 1.0
         self._scratch: dict[np.dtype, np.ndarray] = {}
 
     @property
@@ -66,9 +71,10 @@ class WeightedFedAvg:
         self._dtypes.clear()
         self._count = 0
         self._total_weight = 0.0
+        self._reference_weight = 1.0
 
     def add(self, params: Mapping[str, np.ndarray], aggregation_weight: float) -> None:
-        """Fold one site model into the running weighted mean.
+        """Fold one site model into the weighted sum.
 
         Args:
             params: The site model, key to array. Arrays are read, never stored or modified.
@@ -83,11 +89,14 @@ class WeightedFedAvg:
         arrays = {key: np.asarray(value) for key, value in params.items()}
         if self._count == 0:
             self._start(arrays)
+            self._reference_weight = weight
         else:
             self._check_structure(arrays)
-            fraction = weight / (self._total_weight + weight)
+            new_total = self._total_weight + weight
+            if new_total / self._reference_weight > _MAX_WEIGHT_RATIO:
+                self._rescale(new_total)
             for key, array in arrays.items():
-                self._fold(key, array, fraction)
+                self._fold(key, array, weight / self._reference_weight)
         self._count += 1
         self._total_weight += weight
 
@@ -102,7 +111,15 @@ class WeightedFedAvg:
                 "no contribution was added to the weighted FedAvg; accept at least one site update before "
                 "asking for the aggregate"
             )
-        return {key: buffer.astype(self._dtypes[key], copy=True) for key, buffer in self._buffers.items()}
+        scale = self._reference_weight / self._total_weight
+        averaged: dict[str, np.ndarray] = {}
+        for key, buffer in self._buffers.items():
+            if buffer.dtype.kind in "fc" and scale != 1.0:
+                mean = np.multiply(buffer, buffer.dtype.type(scale))
+                averaged[key] = mean.astype(self._dtypes[key], copy=False)
+            else:
+                averaged[key] = buffer.astype(self._dtypes[key], copy=True)
+        return averaged
 
     def _start(self, arrays: dict[str, np.ndarray]) -> None:
         for key, array in arrays.items():
@@ -144,11 +161,12 @@ class WeightedFedAvg:
             if array.dtype != self._dtypes[key]:
                 raise ContributionRejected(
                     "dtype_mismatch",
-                    f"params[{key!r}] has dtype {array.dtype}; expected {self._dtypes[key]} as in the first contribution",
+                    f"params[{key!r}] has dtype {array.dtype}; expected {self._dtypes[key]} as in the first "
+                    "contribution",
                     key=key,
                 )
 
-    def _fold(self, key: str, array: np.ndarray, fraction: float) -> None:
+    def _fold(self, key: str, array: np.ndarray, alpha: float) -> None:
         buffer = self._buffers[key]
         if buffer.dtype.kind not in "fc":
             np.maximum(buffer, array, out=buffer)
@@ -156,15 +174,31 @@ class WeightedFedAvg:
 
         flat_buffer = buffer.reshape(-1)
         flat_input = array.reshape(-1)
+        if alpha == 1.0:
+            # Equal weights, the common case of equally sized sites, need no multiply.
+            np.add(flat_buffer, flat_input, out=flat_buffer, dtype=buffer.dtype)
+            return
+
+        # numpy has no fused multiply-add, so each chunk is scaled into a scratch buffer that stays in cache and then
+        # added, in the sum's dtype so float16 input is scaled in float32. torch's add_(alpha=) and scipy's BLAS
+        # saxpy fuse the two but run worker threads. On a 2-core machine with other processes busy, both were several
+        # times slower than this single-threaded loop. The "nvflare (torch)" rows of benchmarks/aggregation.py show
+        # this for torch, and a one-off measurement showed it for saxpy.
         scratch = self._scratch_for(buffer.dtype, min(flat_buffer.size, _CHUNK))
         for start in range(0, flat_buffer.size, _CHUNK):
             stop = min(start + _CHUNK, flat_buffer.size)
-            mean = flat_buffer[start:stop]
-            delta = scratch[: stop - start]
-            # mean += fraction * (x - mean), written as three in-place ufuncs over a cache-sized chunk.
-            np.subtract(flat_input[start:stop], mean, out=delta)
-            np.multiply(delta, fraction, out=delta)
-            np.add(mean, delta, out=mean)
+            scaled = scratch[: stop - start]
+            np.multiply(flat_input[start:stop], alpha, out=scaled, dtype=buffer.dtype)
+            np.add(flat_buffer[start:stop], scaled, out=flat_buffer[start:stop])
+
+    def _rescale(self, new_reference_weight: float) -> None:
+        factor = self._reference_weight / new_reference_weight
+        for buffer in self._buffers.values():
+            if buffer.dtype.kind in "fc":
+                np.multiply(buffer, factor, out=buffer)
+        logger.debug("rescaled the weighted sum from reference weight %g to %g",
+                     self._reference_weight, new_reference_weight)
+        self._reference_weight = new_reference_weight
 
     def _scratch_for(self, dtype: np.dtype, size: int) -> np.ndarray:
         scratch = self._scratch.get(dtype)

@@ -18,6 +18,7 @@ import logging
 import math
 import numbers
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,7 @@ class FedAdam:
         logger.debug("FedAdam step %d applied to %d arrays", self._rounds, len(new_params))
         return new_params
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         """Return copies of the settings, moments and round count, for checkpointing the server."""
         return {
             "server_learning_rate": self.server_learning_rate,
@@ -130,7 +131,7 @@ class FedAdam:
             "second_moment": {key: value.copy() for key, value in self._second_moment.items()},
         }
 
-    def load_state_dict(self, state: Mapping[str, object]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore moments and round count saved by ``state_dict()``; settings stay as constructed.
 
         Raises:
@@ -149,7 +150,7 @@ class FedAdam:
             )
         self._first_moment = first
         self._second_moment = second
-        self._rounds = int(state["rounds"])  # type: ignore[call-overload]
+        self._rounds = int(state["rounds"])
 
     def _check_structure(
         self, global_params: Mapping[str, np.ndarray], fedavg_params: Mapping[str, np.ndarray]

@@ -41,6 +41,11 @@ class FocalLoss(nn.Module):
     ``CrossEntropyLoss(weight=...)`` it does not divide by the sum of the class weights.
     """
 
+    gamma: float
+    reduction: Reduction
+    scalar_alpha: float | None
+    class_alpha: torch.Tensor | None
+
     def __init__(
         self,
         alpha: float | Sequence[float] | torch.Tensor | None = None,
@@ -64,9 +69,8 @@ class FocalLoss(nn.Module):
         if reduction not in ("mean", "sum", "none"):
             raise InvalidSetting(f"reduction is {reduction!r}; expected 'mean', 'sum' or 'none'")
         self.gamma = float(gamma)
-        self.reduction: Reduction = reduction
-        self.scalar_alpha: float | None = None
-        self.class_alpha: torch.Tensor | None
+        self.reduction = reduction
+        self.scalar_alpha = None
         self.register_buffer("class_alpha", None)
 
         if alpha is None:

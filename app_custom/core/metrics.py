@@ -1,7 +1,7 @@
 """Evaluation metrics for binary classifiers on imbalanced data, and their weighted mean across sites.
 
-A metric that is undefined on the data at hand (ROC AUC when only one class is present, F1 of a class that is
-neither present nor predicted) is ``None``, never NaN, so that JSON reports and site averages stay well defined.
+A metric that is undefined on the data at hand is ``None``, never NaN, so JSON reports and site averages stay well
+defined. Examples are ROC AUC when only one class is present, and F1 of a class that is neither present nor predicted.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def binary_metrics(
             ``num_examples``;
             ``loss``: mean binary cross-entropy (log loss);
             ``accuracy``;
-            ``roc_auc``: None when ``y_true`` holds a single class;
+            ``roc_auc``: None when ``y_true`` contains a single class;
             ``balanced_accuracy``: the mean recall over the classes present in ``y_true``;
             ``minority_class``: the class with fewer examples in ``y_true`` (1 on a tie);
             ``minority_f1``: F1 of the minority class, None when it is neither present nor predicted;

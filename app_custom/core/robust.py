@@ -69,10 +69,10 @@ def clip_update(
 def trimmed_mean(contributions: Sequence[Mapping[str, np.ndarray]], trim_fraction: float) -> dict[str, np.ndarray]:
     """Return the coordinate-wise trimmed mean of the site models.
 
-    Coordinate-wise trimmed mean (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal
-    Statistical Rates"): for each coordinate, sort the n site values, drop the ``k = floor(trim_fraction * n)``
-    smallest and the k largest, and average the rest. Integer arrays use the same statistic, rounded to the
-    nearest integer.
+    Coordinate-wise trimmed mean (Yin, Chen, Ramchandran, Bartlett, ICML 2018, "Byzantine-Robust Distributed
+    Learning: Towards Optimal Statistical Rates"): for each coordinate, sort the n site values, drop the
+    ``k = floor(trim_fraction * n)`` smallest and the k largest, and average the rest. Integer arrays use the same
+    statistic, rounded to the nearest integer.
 
     Args:
         contributions: Site models with identical keys, shapes and dtypes.
@@ -111,7 +111,7 @@ def trimmed_mean(contributions: Sequence[Mapping[str, np.ndarray]], trim_fractio
 def coordinate_median(contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Return the coordinate-wise median of the site models.
 
-    Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
+    Coordinate-wise median (Yin et al., ICML 2018, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
     Rates"). With an even number of sites the median is the mean of the two middle values. Integer arrays are
     rounded to the nearest integer.
 

@@ -170,7 +170,7 @@ def one_class_sites(
         if indices.size < min_size:
             held = [int(order[(site * classes_per_site + offset) % classes.size]) for offset in range(classes_per_site)]
             raise PartitionError(
-                f"site {site} (0-based) holds classes {held} and got {indices.size} example(s); expected at least "
+                f"site {site} (0-based) has classes {held} and got {indices.size} example(s); expected at least "
                 f"{min_size}. Lower num_sites (now {num_sites}), raise classes_per_site or lower min_size"
             )
     return result

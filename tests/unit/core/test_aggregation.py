@@ -213,3 +213,72 @@ def test_prop_matches_float64_formula(contributions):
     stacked = np.stack(params).astype(np.float64)
     expected = (np.asarray(weights)[:, None] * stacked).sum(axis=0) / sum(weights)
     np.testing.assert_allclose(_aggregate(params, weights), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_read_only_input():
+    first = np.arange(6, dtype=np.float32)
+    second = np.full(6, 10.0, dtype=np.float32)
+    second.setflags(write=False)
+    result = weighted_fedavg([({"x": first}, 1.0), ({"x": second}, 1.0)])
+    np.testing.assert_allclose(result["x"], (first + 10.0) / 2)
+
+
+def test_non_contiguous_input():
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    first = base[:, ::2]
+    second = np.ascontiguousarray(base[:, 1::2])
+    result = weighted_fedavg([({"x": first}, 3.0), ({"x": second}, 1.0)])
+    np.testing.assert_allclose(result["x"], (3 * first + second) / 4)
+
+
+def test_equal_weights_path():
+    rng = np.random.default_rng(5)
+    models = [rng.normal(size=70_001).astype(np.float32) for _ in range(5)]
+    result = weighted_fedavg(({"x": model}, 7.0) for model in models)["x"]
+    expected = np.mean(np.stack(models).astype(np.float64), axis=0)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dwarfing_weight_no_overflow():
+    aggregator = WeightedFedAvg()
+    aggregator.add({"w": np.full(3, 1.0, dtype=np.float32)}, 1.0)
+    aggregator.add({"w": np.full(3, 3e30, dtype=np.float32)}, 1e30)
+    aggregator.add({"w": np.full(3, 1e30, dtype=np.float32)}, 1e30)
+    result = aggregator.result()["w"]
+    assert np.isfinite(result).all()
+    np.testing.assert_allclose(result, 2e30, rtol=1e-5)
+
+
+def test_many_uneven_weights():
+    rng = np.random.default_rng(3)
+    models = [rng.normal(size=50) for _ in range(200)]
+    weights = [10.0 ** rng.uniform(-3, 9) for _ in range(200)]
+    expected = sum(w * m for m, w in zip(models, weights)) / sum(weights)
+    result = weighted_fedavg(({"x": m}, w) for m, w in zip(models, weights))["x"]
+    np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_complex_arrays():
+    first = {"z": np.array([1 + 1j], np.complex64)}
+    second = {"z": np.array([3 - 1j], np.complex64)}
+    result = weighted_fedavg([(first, 1), (second, 3)])
+    np.testing.assert_allclose(result["z"], [2.5 - 0.5j])
+    assert result["z"].dtype == np.complex64
+
+
+def test_big_endian_input():
+    first = np.arange(4, dtype=">f4")
+    second = np.full(4, 4.0, dtype=">f4")
+    result = weighted_fedavg([({"x": first}, 1), ({"x": second}, 1)])
+    np.testing.assert_allclose(result["x"], (np.arange(4) + 4) / 2)
+    assert result["x"].dtype == np.dtype(">f4")
+
+
+def test_float16_scaled_in_float32():
+    first = np.full(4, 1000.0, dtype=np.float16)
+    second = np.full(4, 1001.0, dtype=np.float16)
+    aggregator = WeightedFedAvg()
+    aggregator.add({"x": first}, 1.0)
+    aggregator.add({"x": second}, 3.0)
+    np.testing.assert_allclose(aggregator._buffers["x"], 1000.0 + 3 * 1001.0, rtol=1e-7)
+    assert aggregator.result()["x"].dtype == np.float16

@@ -132,7 +132,7 @@ def test_one_class_too_many_classes_per_site():
 
 def test_one_class_empty_site():
     labels = np.array([0] * 2 + [1] * 50)
-    with pytest.raises(PartitionError, match=r"site \d \(0-based\) holds classes \[0\] and got 0 example"):
+    with pytest.raises(PartitionError, match=r"site \d \(0-based\) has classes \[0\] and got 0 example"):
         one_class_sites(labels, 6, seed=0)
 
 
