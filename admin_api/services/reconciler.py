@@ -10,24 +10,25 @@ audit event. Statuses never regress; FLARE may correct one final status to anoth
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
+from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from admin_api.core.chain import format_timestamp
-from admin_api.core.status import JobStatus, StatusSource, is_terminal
+from admin_api.core.status import JobStatus, StatusSource, is_terminal, should_apply_status
 from admin_api.db import Database
 from admin_api.errors import AuditChainError, FlareSourceError
 from admin_api.models import Job
 from admin_api.services.audit import SYSTEM_ROLE, append_audit_event, job_target, lock_chain
-from admin_api.services.jobs import apply_status, create_job, get_job, merge_job_sites, utc_now
+from admin_api.services.flare_jobs import FlareApiJobSource, FlareJobMeta, FlareJobSource
+from admin_api.services.jobs import StatusChange, apply_status, create_job, get_job, merge_job_sites, utc_now
 
 __all__ = [
     "RECONCILER_ACTOR",
@@ -46,150 +47,8 @@ RECONCILER_ACTOR = "consortia-reconciler"
 
 _MAX_BACKOFF_S = 60.0
 _MAX_BACKOFF_EXPONENT = 16
-_DURATION = re.compile(r"^(?:(?P<days>\d+) days?, )?(?P<hours>\d+):(?P<minutes>\d{2}):(?P<seconds>\d{2}(?:\.\d+)?)$")
-
-
-class FlareJobSource(Protocol):
-    """Anything that returns FLARE's detailed job list (one job meta dict per job)."""
-
-    def list_jobs(self) -> list[dict[str, Any]]:
-        """Return the meta of every job in FLARE's job store.
-
-        Raises:
-            FlareSourceError: The list could not be read.
-        """
-        ...
-
-
-class FlareApiJobSource:
-    """FLARE job source that uses the FLARE API (``nvflare.fuel.flare_api``) with an admin startup kit.
-
-    The session is opened on first use and reopened after any failure, so a restarted server is picked up again.
-
-    Args:
-        admin_kit_dir: Admin startup kit folder, the one that contains ``startup/``.
-        username: The admin user the kit was provisioned for.
-        timeout_s: Seconds to wait for a connection.
-    """
-
-    def __init__(self, admin_kit_dir: str, username: str, *, timeout_s: float = 15.0) -> None:
-        self.admin_kit_dir = admin_kit_dir
-        self.username = username
-        self.timeout_s = timeout_s
-        self._session: Any = None
-
-    def _connect(self) -> Any:
-        # Imported here so the admin service starts, and its tests run, without loading FLARE unless configured.
-        from nvflare.fuel.flare_api.flare_api import new_secure_session
-
-        return new_secure_session(self.username, self.admin_kit_dir, timeout=self.timeout_s)
-
-    def list_jobs(self) -> list[dict[str, Any]]:
-        """Return FLARE's detailed job list.
-
-        Raises:
-            FlareSourceError: Connecting or listing failed; the next call reconnects.
-        """
-        try:
-            if self._session is None:
-                self._session = self._connect()
-                logger.info("connected to FLARE as %s using kit %s", self.username, self.admin_kit_dir)
-            jobs = self._session.list_jobs(detailed=True)
-        except Exception as exc:  # FLARE raises many unrelated types (NoConnection, ConfigError, AssertionError, ...)
-            self.close()
-            raise FlareSourceError(
-                f"listing FLARE jobs as {self.username} with kit {self.admin_kit_dir} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return list(jobs or [])
-
-    def close(self) -> None:
-        """Close the FLARE session, if one is open."""
-        session, self._session = self._session, None
-        if session is None:
-            return
-        try:
-            session.close()
-        except Exception as exc:  # closing a broken session may fail in any way; it is discarded either way
-            logger.warning("closing the FLARE session failed: %s: %s", type(exc).__name__, exc)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    """Parse a FLARE timestamp; FLARE writes local time with an offset, and naive values are taken as UTC."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        # NOTE: FLARE 2.9 writes offsets; a naive value would come from an older server, and its zone is a guess.
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _parse_duration(value: Any) -> timedelta | None:
-    """Parse ``str(timedelta)`` as FLARE stores ``duration`` (for example ``0:00:21.868592``)."""
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        return None
-    return timedelta(
-        days=int(match["days"] or 0),
-        hours=int(match["hours"]),
-        minutes=int(match["minutes"]),
-        seconds=float(match["seconds"]),
-    )
-
-
-class FlareJobMeta(BaseModel):
-    """The fields of FLARE's job meta that the reconciler uses; other fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    job_id: str
-    name: Annotated[str, Field(max_length=255)] | None = None
-    status: JobStatus
-    submitter_name: Annotated[str, Field(max_length=255)] | None = None
-    submitter_org: Annotated[str, Field(max_length=128)] | None = None
-    submitter_role: Annotated[str, Field(max_length=64)] | None = None
-    submit_time_iso: str | None = None
-    start_time: str | None = None
-    duration: str | None = None
-    deploy_map: dict[str, list[Any]] | None = None
-
-    @field_validator("job_id")
-    @classmethod
-    def _check_job_id(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", value):
-            raise ValueError(f"job_id {value!r} is not a FLARE job id")
-        return value
-
-    def sites(self) -> list[str]:
-        """Return the sites in ``deploy_map``, without ``server`` and the ``@ALL`` wildcard."""
-        names: set[str] = set()
-        for targets in (self.deploy_map or {}).values():
-            for target in targets:
-                # deploy_map entries are site names; resource-spec style entries are dicts with a "name".
-                name = target.get("name") if isinstance(target, dict) else target
-                if isinstance(name, str) and name not in ("server", "@ALL"):
-                    names.add(name)
-        return sorted(names)
-
-    def submitted_at(self) -> datetime | None:
-        """Return the submission time in UTC, when FLARE recorded one."""
-        return _parse_time(self.submit_time_iso)
-
-    def started_at(self) -> datetime | None:
-        """Return the start time in UTC, when the job has started."""
-        return _parse_time(self.start_time)
-
-    def finished_at(self) -> datetime | None:
-        """Return start time plus duration for a finished job, when both are known."""
-        started = self.started_at()
-        duration = _parse_duration(self.duration)
-        if started is None or duration is None or not is_terminal(self.status):
-            return None
-        return started + duration
+# Job ids per SELECT ... IN (...), well below SQLite's limit on bound parameters.
+_LOOKUP_BATCH_SIZE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +70,9 @@ def _status_time(meta: FlareJobMeta, now: datetime) -> datetime:
     return meta.submitted_at() or now
 
 
-def _fill_metadata(job: Job, meta: FlareJobMeta) -> dict[str, Any]:
-    """Fill fields the job lacks from FLARE's meta; never overwrite what an event recorded."""
-    filled: dict[str, Any] = {}
-    candidates = {
+def _metadata_candidates(meta: FlareJobMeta) -> dict[str, Any]:
+    """Return the job fields FLARE's meta can supply, by job column name."""
+    return {
         "name": meta.name,
         "submitter": meta.submitter_name,
         "submitter_org": meta.submitter_org,
@@ -222,7 +80,23 @@ def _fill_metadata(job: Job, meta: FlareJobMeta) -> dict[str, Any]:
         "submitted_at": meta.submitted_at(),
         "started_at": meta.started_at(),
     }
-    for field, value in candidates.items():
+
+
+def _needs_write(job: Job | None, meta: FlareJobMeta) -> bool:
+    """Return whether reconciling ``meta`` would change the recorded job."""
+    if job is None:
+        return True
+    if should_apply_status(JobStatus(job.status), meta.status, StatusSource.RECONCILER):
+        return True
+    if not set(meta.sites()) <= set(job.sites or []):
+        return True
+    return any(value is not None and getattr(job, field) is None for field, value in _metadata_candidates(meta).items())
+
+
+def _fill_metadata(job: Job, meta: FlareJobMeta) -> dict[str, Any]:
+    """Fill fields the job lacks from FLARE's meta; never overwrite what an event recorded."""
+    filled: dict[str, Any] = {}
+    for field, value in _metadata_candidates(meta).items():
         if value is not None and getattr(job, field) is None:
             setattr(job, field, value)
             filled[field] = format_timestamp(value) if isinstance(value, datetime) else value
@@ -245,6 +119,7 @@ def _reconcile_job(session: Session, meta: FlareJobMeta) -> tuple[bool, bool]:
     at = _status_time(meta, now)
     job = get_job(session, meta.job_id)
     created = job is None
+    change: StatusChange | None
     if job is None:
         job, change = create_job(session, meta.job_id, status=meta.status, at=at, source=StatusSource.RECONCILER)
         action = "job.discovered"
@@ -271,6 +146,34 @@ def _reconcile_job(session: Session, meta: FlareJobMeta) -> tuple[bool, bool]:
     return created, not created
 
 
+def _validate_metas(raw_metas: list[Any]) -> list[FlareJobMeta]:
+    metas = []
+    for raw in raw_metas:
+        try:
+            metas.append(FlareJobMeta.model_validate(raw))
+        except ValidationError as exc:
+            job_id = raw.get("job_id") if isinstance(raw, dict) else None
+            logger.warning("skipped FLARE job meta of job %s: %s", job_id, exc.errors(include_url=False))
+    return metas
+
+
+def _select_pending(session: Session, metas: list[FlareJobMeta]) -> list[FlareJobMeta]:
+    """Return the metas that would change a recorded job, reading the jobs in batches in one short transaction.
+
+    Most passes change nothing, so this keeps them from taking the write lock once per job.
+    """
+    pending: list[FlareJobMeta] = []
+    try:
+        for start in range(0, len(metas), _LOOKUP_BATCH_SIZE):
+            batch = metas[start : start + _LOOKUP_BATCH_SIZE]
+            statement = select(Job).where(Job.job_id.in_([meta.job_id for meta in batch]))
+            known = {job.job_id: job for job in session.scalars(statement)}
+            pending.extend(meta for meta in batch if _needs_write(known.get(meta.job_id), meta))
+    finally:
+        session.rollback()
+    return pending
+
+
 def reconcile_once(session: Session, source: FlareJobSource) -> ReconcileResult:
     """Run one reconciler pass: read FLARE's job list and record what changed, one transaction per job.
 
@@ -284,16 +187,11 @@ def reconcile_once(session: Session, source: FlareJobSource) -> ReconcileResult:
     Raises:
         FlareSourceError: The job list could not be read; nothing was changed.
     """
-    metas = source.list_jobs()
-    num_created = num_updated = num_invalid = num_failed = 0
-    for raw in metas:
-        try:
-            meta = FlareJobMeta.model_validate(raw)
-        except ValidationError as exc:
-            num_invalid += 1
-            job_id = raw.get("job_id") if isinstance(raw, dict) else None
-            logger.warning("skipped FLARE job meta of job %s: %s", job_id, exc.errors(include_url=False))
-            continue
+    raw_metas = source.list_jobs()
+    metas = _validate_metas(raw_metas)
+    pending = _select_pending(session, metas)
+    num_created = num_updated = num_failed = 0
+    for meta in pending:
         try:
             created, updated = _reconcile_job(session, meta)
             session.commit()
@@ -313,17 +211,17 @@ def reconcile_once(session: Session, source: FlareJobSource) -> ReconcileResult:
                 extra={"job_id": meta.job_id},
             )
     return ReconcileResult(
-        num_seen=len(metas),
+        num_seen=len(raw_metas),
         num_created=num_created,
         num_updated=num_updated,
-        num_invalid=num_invalid,
+        num_invalid=len(raw_metas) - len(metas),
         num_failed=num_failed,
     )
 
 
 def _backoff_delay(interval_s: float, num_failures: int) -> float:
     """Return the wait after ``num_failures`` failed passes in a row: doubling, capped at 60 s or the interval."""
-    growth = 2 ** min(num_failures, _MAX_BACKOFF_EXPONENT)
+    growth = 2.0 ** min(num_failures, _MAX_BACKOFF_EXPONENT)
     return min(interval_s * growth, max(_MAX_BACKOFF_S, interval_s))
 
 
