@@ -24,7 +24,9 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest request body accepted (413 above); a full batch of 500 events is far smaller."""
 
 
-def _build_reconciler(settings: Settings, database: Database, job_source: FlareJobSource | None) -> ReconcilerLoop | None:
+def _build_reconciler(
+    settings: Settings, database: Database, job_source: FlareJobSource | None
+) -> ReconcilerLoop | None:
     if job_source is None and settings.flare_admin_kit is not None:
         assert settings.flare_admin_user is not None  # Settings requires it together with the kit
         job_source = FlareApiJobSource(

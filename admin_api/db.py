@@ -155,4 +155,3 @@ def upgrade(url: str, revision: str = "head") -> None:
         database.upgrade(revision)
     finally:
         database.dispose()
-

@@ -13,7 +13,12 @@ from admin_api.request_context import request_id_var
 __all__ = ["JsonFormatter", "RequestIdFilter", "configure_logging"]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is written as a field.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn's color_message repeats the message with terminal escape codes, so it is dropped too.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class RequestIdFilter(logging.Filter):
@@ -61,3 +66,5 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # Alembic logs one INFO line per internal plugin at every start; its migration lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

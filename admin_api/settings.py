@@ -41,9 +41,7 @@ def _check_token(name: str, token: SecretStr) -> SecretStr:
     """Reject a short, placeholder or low-entropy token without echoing its value."""
     value = token.get_secret_value()
     if len(value) < MIN_TOKEN_LENGTH:
-        raise ValueError(
-            f"{name} is {len(value)} characters long but needs at least {MIN_TOKEN_LENGTH}; {_TOKEN_HINT}"
-        )
+        raise ValueError(f"{name} is {len(value)} characters long but needs at least {MIN_TOKEN_LENGTH}; {_TOKEN_HINT}")
     lowered = value.lower()
     for fragment in _PLACEHOLDER_FRAGMENTS:
         if fragment in lowered:

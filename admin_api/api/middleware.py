@@ -18,7 +18,8 @@ __all__ = ["BodySizeLimitMiddleware", "RequestIdMiddleware"]
 
 logger = logging.getLogger("admin_api.access")
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class RequestIdMiddleware:
@@ -33,7 +34,7 @@ class RequestIdMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         presented = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = presented if _VALID_REQUEST_ID.match(presented) else uuid.uuid4().hex
+        request_id = presented if _VALID_REQUEST_ID.fullmatch(presented) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_code = 500
@@ -49,7 +50,10 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            logger.info(
+            # Successful probes arrive every few seconds, so they are logged at DEBUG to keep the log readable.
+            quiet = scope["path"] in _PROBE_PATHS and status_code < 400
+            logger.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "%s %s %d",
                 scope["method"],
                 scope["path"],
@@ -57,7 +61,6 @@ class RequestIdMiddleware:
                 extra={"status": status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
             )
             request_id_var.reset(token)
-
 
 
 class BodySizeLimitMiddleware:

@@ -7,6 +7,7 @@ request path) and ``request_id``; validation problems add ``errors`` with each i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -45,7 +46,7 @@ def problem_response(
     detail: str,
     *,
     code: str,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
     """Build a problem-details response.

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from uuid import UUID
 
 from pydantic import (
@@ -48,11 +48,11 @@ from admin_api.core.status import JobStatus, is_terminal
 
 __all__ = [
     "EVENT_MODELS",
-    "EventBase",
     "MAX_BATCH_SIZE",
     "SCHEMA_VERSION",
     "ContributionAcceptedEvent",
     "ContributionRejectedEvent",
+    "EventBase",
     "EventBatchReceiptPublic",
     "EventCreate",
     "EventReceiptPublic",
@@ -326,8 +326,7 @@ EventCreate = Annotated[_EventUnion, Field(discriminator="type"), BeforeValidato
 """Any event of schema version 1; ``type`` selects the model."""
 
 EVENT_MODELS: dict[str, type[EventBase]] = {
-    model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]
-    for model in _EventUnion.__args__  # type: ignore[attr-defined]
+    get_args(model.model_fields["type"].annotation)[0]: model for model in get_args(_EventUnion)
 }
 """Event type to its model."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,10 +12,28 @@ __all__ = [
     "ContributionPublic",
     "JobDetailPublic",
     "JobPublic",
+    "JobStatusFilter",
     "JobsPublic",
     "RoundPublic",
     "StatusTransitionPublic",
 ]
+
+
+class JobStatusFilter(StrEnum):
+    """Status filter of the job list: an exact FLARE status, or FINISHED for every final status."""
+
+    SUBMITTED = "SUBMITTED"
+    APPROVED = "APPROVED"
+    DISPATCHED = "DISPATCHED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FINISHED_COMPLETED = "FINISHED:COMPLETED"
+    FINISHED_ABORTED = "FINISHED:ABORTED"
+    FINISHED_EXECUTION_EXCEPTION = "FINISHED:EXECUTION_EXCEPTION"
+    FINISHED_ABNORMAL = "FINISHED:ABNORMAL"
+    FINISHED_CAN_NOT_SCHEDULE = "FINISHED:CAN_NOT_SCHEDULE"
+    FINISHED_FAILED_TO_RUN = "FINISHED:FAILED_TO_RUN"
+    FINISHED_ABANDONED = "FINISHED:ABANDONED"
 
 
 class JobPublic(BaseModel):

@@ -32,9 +32,9 @@ __all__ = [
     "SYSTEM_ROLE",
     "append_audit_event",
     "get_chain_head",
+    "job_target",
     "list_audit_events",
     "lock_chain",
-    "job_target",
     "site_target",
     "verify_chain",
 ]

@@ -63,13 +63,13 @@ def _resolve_job(session: Session, event: EventBase) -> tuple[Job | None, Status
     job = get_job(session, event.job_id)
     if job is None:
         assert status is not None  # every type that names a job implies a status
-        job, change = create_job(
+        job, first_change = create_job(
             session, event.job_id, status=status, at=event.occurred_at, source=StatusSource.EVENT, event_id=event_id
         )
-        return job, change, None
+        return job, first_change, None
     if status is None:
         return job, None, None
-    change = apply_status(
+    change: StatusChange | None = apply_status(
         session, job, status, at=event.occurred_at, source=StatusSource.EVENT, event_id=event_id
     )
     ignored = status.value if change is None and status.value != job.status else None

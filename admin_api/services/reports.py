@@ -48,7 +48,9 @@ def build_job_report(session: Session, job_id: str) -> JobReportPublic:
         JobNotFoundError: No such job is recorded.
     """
     job = get_job_detail(session, job_id)
-    sites = session.scalars(select(Site).where(Site.name.in_(job.sites)).order_by(Site.name)) if job.sites else []
+    sites: list[Site] = []
+    if job.sites:
+        sites = list(session.scalars(select(Site).where(Site.name.in_(job.sites)).order_by(Site.name)))
     audit_events = list_audit_events(session, target=job_target(job_id))
     chain = verify_chain(session)
     return JobReportPublic(

@@ -7,29 +7,33 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from admin_api.api.deps import ReaderDep, SessionDep
-from admin_api.core.status import JobStatus
 from admin_api.schemas.audit import JobReportPublic
-from admin_api.schemas.jobs import JobDetailPublic, JobPublic, JobsPublic
-from admin_api.services.jobs import FINISHED_FILTER, get_job_detail, list_jobs
+from admin_api.schemas.jobs import JobDetailPublic, JobPublic, JobsPublic, JobStatusFilter
+from admin_api.services.jobs import get_job_detail, list_jobs
 from admin_api.services.reports import build_job_report, render_report_csv, render_report_json
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-
-StatusFilter = Literal[tuple(status.value for status in JobStatus) + (FINISHED_FILTER,)]  # type: ignore[misc]
 
 
 @router.get("")
 def read_jobs(
     session: SessionDep,
     _principal: ReaderDep,
-    status: Annotated[StatusFilter | None, Query(description="Exact status, or FINISHED for any final one.")] = None,
+    status: Annotated[JobStatusFilter | None, Query(description="Exact status, or FINISHED for any final one.")] = None,
     submitter: Annotated[str | None, Query(max_length=255)] = None,
     name: Annotated[str | None, Query(max_length=255, description="Case-insensitive substring.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
     """List jobs, newest submission first."""
-    jobs, count = list_jobs(session, status=status, submitter=submitter, name=name, limit=limit, offset=offset)
+    jobs, count = list_jobs(
+        session,
+        status=None if status is None else status.value,
+        submitter=submitter,
+        name=name,
+        limit=limit,
+        offset=offset,
+    )
     return JobsPublic(data=[JobPublic.model_validate(job) for job in jobs], count=count, limit=limit, offset=offset)
 
 
@@ -53,7 +57,7 @@ def read_job_report(
     job_id: str,
     session: SessionDep,
     _principal: ReaderDep,
-    format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",  # noqa: A002
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
 ) -> Response:
     """Return the audit report of a job: job, sites, rounds, contributions, audit events and chain head."""
     report = build_job_report(session, job_id)
