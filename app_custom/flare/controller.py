@@ -19,6 +19,7 @@ held-out size. A closing evaluation task reports the final model as round ``num_
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -38,6 +39,8 @@ from app_custom.flare.event_forwarder import spool_event
 from app_custom.flare.events import make_envelope
 
 METADATA_ROUND = -1
+# Reason codes a site may send in meta["refused"]; the admin service's event schema accepts the same pattern.
+REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 class ConsortiaFedAvg(ModelController):
@@ -122,11 +125,12 @@ class ConsortiaFedAvg(ModelController):
             self.save_model(model)
         if self.final_evaluation:
             self._evaluate_final(model, sites)
-        self.info("training finished")
+        self.info(f"training finished after round {self.num_rounds - 1}")
 
     def _run_round(self, model: FLModel, targets: list[str]) -> FLModel | None:
         current = self._round
         required = self._required_sites(targets)
+        self.info(f"round {current} started with sites {targets}")
         self._emit("round.started", payload={"num_rounds": self.num_rounds, "sites": targets})
         self._start_collecting(model)
         model.current_round = current
@@ -228,6 +232,13 @@ class ConsortiaFedAvg(ModelController):
 
     def _accept(self, site: str, result: FLModel) -> dict[str, Any] | None:
         """Check and aggregate one training result; return the accepted event payload, or None when rejected."""
+        refused = (result.meta or {}).get("refused")
+        if refused:
+            # The site declined to train, for example because its privacy budget is spent; keep its reason code.
+            code = str(refused) if REASON_CODE.fullmatch(str(refused)) else "refused"
+            reason = str((result.meta or {}).get("reason") or "the site refused to train")[:4000]
+            self._reject(site, code, reason)
+            return None
         if not result.params:
             self._reject(site, "missing_params", "the site's result carries no model parameters")
             return None
