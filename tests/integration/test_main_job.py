@@ -114,3 +114,20 @@ def test_console_submission_recorded(running_federation, completed_job):
     assert job["submitter"] == state.lead_user
     assert job["name"] == "console_run"
     assert job["status"] == "FINISHED:COMPLETED"
+
+
+def test_second_up_refused(running_federation):
+    from consortia import federation
+
+    with pytest.raises(federation.FederationError, match="already running"):
+        federation.up(running_federation.workspace)
+
+
+def test_status_lists_registered_sites(running_federation):
+    from typer.testing import CliRunner
+
+    from consortia.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--workspace", str(running_federation.workspace.root)])
+    assert result.exit_code == 0, result.output
+    assert "Registered sites: hospital-a, hospital-b" in result.output
