@@ -75,7 +75,9 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token for the read API. While unset, read routes return 401.",
     )
-    workspace: Path | None = Field(default=None, description="Folder for reports and other service files.")
+    # NOTE: accepted so deployments can pass it already; no code reads it yet (reports are written where the
+    # caller of write_job_report says).
+    workspace: Path | None = Field(default=None, description="Consortia workspace folder of this deployment.")
     flare_admin_kit: Path | None = Field(
         default=None,
         description="FLARE admin startup kit folder (contains startup/fed_admin.json); enables the reconciler.",

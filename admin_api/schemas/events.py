@@ -12,7 +12,7 @@ forwarder may add context without a schema change. Which envelope fields a type 
 type                        job_id  site  round  payload
 ==========================  ======  ====  =====  ==========================================================
 job.submitted               yes                  name, submitter, submitter_org, submitter_role
-job.started                 yes                  sites, name?, num_rounds?
+job.started                 yes                  sites, name?, num_rounds?, submitter?, submitter_org?, ...
 round.started               yes           yes    num_rounds, sites
 contribution.accepted       yes     yes   yes    num_examples, metrics
 contribution.rejected       yes     yes   yes    reason_code, reason
@@ -37,6 +37,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StringConstraints,
@@ -74,13 +75,13 @@ _MAX_JSON_DEPTH = 16
 JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,63}$")]
 # Strict numbers: a bool or a numeric string in a count or metric is a forwarder bug, not a value to coerce.
 Count = Annotated[StrictInt, Field(ge=0)]
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-MetricValue = StrictInt | FiniteFloat | None
+MetricValue = StrictBool | StrictInt | FiniteFloat | None
 Metrics = dict[MetricName, MetricValue]
-"""Metric name (loss, roc_auc, accuracy, num_examples, ...) to a number, or None when the metric is undefined."""
+"""Metric name (loss, roc_auc, accuracy, num_examples, ...) to a number, a boolean flag, or None when undefined."""
 
 
 def _check_json_value(value: Any, path: str, depth: int = 0) -> None:
@@ -182,6 +183,11 @@ class JobStartedPayload(_Payload):
     name: ShortText | None = None
     sites: list[SiteName]
     num_rounds: Count | None = None
+    # FLARE's job meta carries the submitter; the server component forwards it because FLARE's submit event has
+    # no job id yet.
+    submitter: ShortText | None = None
+    submitter_org: ShortText | None = None
+    submitter_role: ShortText | None = None
 
 
 class JobStartedEvent(EventBase):

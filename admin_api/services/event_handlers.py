@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from admin_api.core.status import JobStatus
@@ -55,6 +56,15 @@ def implied_status(event: EventBase) -> JobStatus | None:
     return _IMPLIED_STATUS.get(event.type)  # type: ignore[attr-defined]
 
 
+def _numeric_extras(payload: BaseModel) -> dict[str, int | float]:
+    """Return the payload's unknown fields that are numbers, such as upload_bytes; they describe the round too."""
+    return {
+        key: value
+        for key, value in (payload.model_extra or {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def _require(job: Job | None) -> Job:
     # The ingestion service resolves the job for every type with requires_job, so None is a programming error.
     if job is None:
@@ -84,8 +94,12 @@ def _on_job_submitted(session: Session, event: JobSubmittedEvent, job: Job | Non
 def _on_job_started(session: Session, event: JobStartedEvent, job: Job | None) -> dict[str, Any]:
     job = _require(job)
     payload = event.payload
-    if payload.name is not None and job.name is None:
-        job.name = payload.name
+    # Fill only: a job.submitted event from the Consortia API names the real requester, while FLARE's meta names
+    # the service identity that submitted on the requester's behalf.
+    for field in ("name", "submitter", "submitter_org", "submitter_role"):
+        value = getattr(payload, field)
+        if value is not None and getattr(job, field) is None:
+            setattr(job, field, value)
     if payload.num_rounds is not None:
         job.num_rounds = payload.num_rounds
     # A round event delivered before job.started may have set started_at to a later time.
@@ -113,7 +127,7 @@ def _on_contribution_accepted(session: Session, event: ContributionAcceptedEvent
         num_examples=payload.num_examples,
         at=event.occurred_at,
     )
-    metrics = {**payload.metrics, "num_examples": payload.num_examples}
+    metrics = {**_numeric_extras(payload), **payload.metrics, "num_examples": payload.num_examples}
     record_round_metrics(session, job, round_number=event.round, site=event.site, metrics=metrics, at=event.occurred_at)
     return {"sites_added": merge_job_sites(job, [event.site])}
 
@@ -139,6 +153,7 @@ def _on_round_completed(session: Session, event: RoundCompletedEvent, job: Job |
     assert event.round is not None  # enforced by the event schema
     payload = event.payload
     global_metrics = {
+        **_numeric_extras(payload),
         **payload.global_metrics,
         "num_accepted": payload.num_accepted,
         "num_rejected": payload.num_rejected,

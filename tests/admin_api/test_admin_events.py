@@ -192,7 +192,12 @@ def test_full_job_lifecycle(
         make_event("job.submitted", occurred_at=at(1), actor="lead@hospital-a.org"),
         make_event("job.started", occurred_at=at(2)),
         make_event("round.started", occurred_at=at(3)),
-        make_event("contribution.accepted", site="hospital-a", occurred_at=at(4)),
+        make_event(
+            "contribution.accepted",
+            site="hospital-a",
+            occurred_at=at(4),
+            payload={"num_examples": 152, "upload_bytes": 1024, "metrics": {"loss": 0.41, "dp": True, "val/acc": 0.8}},
+        ),
         make_event("contribution.rejected", site="hospital-b", occurred_at=at(4)),
         make_event(
             "round.completed",
@@ -223,8 +228,8 @@ def test_full_job_lifecycle(
     assert round_0["global_metrics"] == {
         "loss": 0.35, "roc_auc": None, "accuracy": 0.9, "num_accepted": 1, "num_rejected": 1,
     }  # fmt: skip
-    assert round_0["site_metrics"]["hospital-a"] == {"loss": 0.41, "accuracy": 0.88, "num_examples": 152,
-                                                     "val_loss": 0.4}  # fmt: skip
+    assert round_0["site_metrics"]["hospital-a"] == {"loss": 0.41, "dp": True, "val/acc": 0.8, "num_examples": 152,
+                                                     "upload_bytes": 1024, "val_loss": 0.4}  # fmt: skip
     contributions = {c["site"]: c for c in round_0["contributions"]}
     assert contributions["hospital-a"]["accepted"] is True
     assert contributions["hospital-a"]["num_examples"] == 152
@@ -239,6 +244,46 @@ def test_full_job_lifecycle(
         "ok": True, "num_events": len(events), "head_seq": len(events), "head_hash": None,
         "first_bad_seq": None, "reason": None,
     }  # fmt: skip
+
+
+def test_forwarder_job_started_fills_submitter(
+    client: TestClient, event_headers: dict[str, str], read_headers: dict[str, str], make_event: EventFactory
+) -> None:
+    flare_started = {
+        "name": "bc_fedavg",
+        "sites": ["hospital-a"],
+        "submitter": "consortia-service@hq.org",
+        "submitter_org": "hq",
+        "submitter_role": "project_admin",
+    }
+    post(client, event_headers, make_event("job.started", job_id="job-console", payload=flare_started))
+    post(client, event_headers, make_event("job.submitted"))
+    post(client, event_headers, make_event("job.started", payload=flare_started))
+
+    from_console = job(client, read_headers, "job-console")
+    assert from_console["submitter"] == "consortia-service@hq.org"
+    assert from_console["submitter_role"] == "project_admin"
+    assert from_console["name"] == "bc_fedavg"
+    from_api = job(client, read_headers)
+    assert from_api["submitter"] == "lead@hospital-a.org"
+    assert from_api["name"] == "fedavg"
+
+
+def test_round_numeric_extras_kept(
+    client: TestClient, event_headers: dict[str, str], read_headers: dict[str, str], make_event: EventFactory
+) -> None:
+    payload = {
+        "num_accepted": 2,
+        "num_rejected": 0,
+        "bytes_uploaded": 4096,
+        "evaluation_only": True,
+        "global_metrics": {"loss": 0.3},
+        "site_metrics": {},
+    }
+    post(client, event_headers, make_event("round.completed", round=3, payload=payload))
+    (round_3,) = job(client, read_headers)["rounds"]
+    assert round_3["round"] == 3
+    assert round_3["global_metrics"] == {"loss": 0.3, "bytes_uploaded": 4096, "num_accepted": 2, "num_rejected": 0}
 
 
 def test_late_site_left_ignored(
