@@ -6,8 +6,11 @@ the service runs, and its tests pass, without FLARE configured.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
@@ -33,6 +36,28 @@ class FlareJobSource(Protocol):
             FlareSourceError: The list could not be read.
         """
         ...
+
+
+class _LogWriter(io.TextIOBase):
+    """Text stream that turns each written line into an INFO log record."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                logger.info("FLARE: %s", line.strip())
+        return len(text)
+
+
+@contextmanager
+def _flare_output_to_log() -> Iterator[None]:
+    """Send what FLARE prints (for example "Connecting to FLARE ...") to the log, keeping the log JSON lines.
+
+    NOTE: this swaps sys.stdout and sys.stderr for the whole process while a FLARE call runs, so a print from
+    another thread in that window is logged too; the admin service itself does not print.
+    """
+    writer = _LogWriter()
+    with redirect_stdout(writer), redirect_stderr(writer):
+        yield
 
 
 class FlareApiJobSource:
@@ -65,10 +90,11 @@ class FlareApiJobSource:
             FlareSourceError: Connecting or listing failed; the next call reconnects.
         """
         try:
-            if self._session is None:
-                self._session = self._connect()
-                logger.info("connected to FLARE as %s using kit %s", self.username, self.admin_kit_dir)
-            jobs = self._session.list_jobs(detailed=True)
+            with _flare_output_to_log():
+                if self._session is None:
+                    self._session = self._connect()
+                    logger.info("connected to FLARE as %s using kit %s", self.username, self.admin_kit_dir)
+                jobs = self._session.list_jobs(detailed=True)
         except Exception as exc:  # FLARE raises many unrelated types (NoConnection, ConfigError, AssertionError, ...)
             self.close()
             raise FlareSourceError(
@@ -83,7 +109,8 @@ class FlareApiJobSource:
         if session is None:
             return
         try:
-            session.close()
+            with _flare_output_to_log():
+                session.close()
         except Exception as exc:  # noqa: BLE001  # closing a broken session may fail in any way; it is dropped anyway
             logger.warning("closing the FLARE session failed: %s: %s", type(exc).__name__, exc)
 

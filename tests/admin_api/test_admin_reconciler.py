@@ -297,3 +297,23 @@ def test_flare_api_source_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
     assert connects == [("admin@hq.org", "/kits/admin@hq.org", 3.0)] * 3
     source.close()
     assert sessions[1].closed
+
+
+def test_flare_prints_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: Any) -> None:
+    import sys
+
+    from nvflare.fuel.flare_api import flare_api
+
+    def printing_session(username: str, startup_kit_location: str, timeout: float = 10.0) -> Any:
+        print("Connecting to FLARE ...")
+        print("login failed", file=sys.stderr)
+        return FakeFlareSession([])
+
+    monkeypatch.setattr(flare_api, "new_secure_session", printing_session)
+    with caplog.at_level(logging.INFO, logger="admin_api.services.flare_jobs"):
+        assert FlareApiJobSource("/kits/admin@hq.org", "admin@hq.org").list_jobs() == []
+    captured = capsys.readouterr()
+    assert "Connecting to FLARE" not in captured.out
+    assert "login failed" not in captured.err
+    assert "FLARE: Connecting to FLARE ..." in caplog.text
+    assert "FLARE: login failed" in caplog.text
