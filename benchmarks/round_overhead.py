@@ -36,10 +36,12 @@ from provisioning.provision import provision
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Round overhead"
-STOCK_START = re.compile(r"^(\S+ \S+) .*Round (\d+) started\.")
-STOCK_END = re.compile(r"^(\S+ \S+) .*Finished FedAvg\.")
-OURS_START = re.compile(r"^(\S+ \S+) .*round (\d+) started with sites")
-OURS_END = re.compile(r"^(\S+ \S+) .*training finished after round")
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+# FLARE's FedAvg prints its banners on their own lines after the stamped log line, so patterns match any line.
+STOCK_START = re.compile(r"Round (\d+) started\.")
+STOCK_END = re.compile(r"Finished FedAvg\.")
+OURS_START = re.compile(r"round (\d+) started with sites")
+OURS_END = re.compile(r"training finished after round")
 
 
 def stock_job(destination: Path, num_rounds: int, num_sites: int) -> Path:
@@ -63,11 +65,16 @@ def round_times(log_text: str, start: re.Pattern, end: re.Pattern) -> list[float
     """Return each round's wall time in seconds from a server job log."""
     stamps = []
     finish = None
+    last_stamp = None
     for line in log_text.splitlines():
-        if match := start.search(line):
-            stamps.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f"))
-        elif match := end.search(line):
-            finish = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if match := TIMESTAMP.match(line):
+            last_stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if last_stamp is None:
+            continue
+        if start.search(line):
+            stamps.append(last_stamp)
+        elif end.search(line):
+            finish = last_stamp
     if finish is not None:
         stamps.append(finish)
     return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
@@ -129,7 +136,7 @@ def run(num_rounds: int) -> dict[str, object]:
         finally:
             federation.down(result.workspace)
         training = site_training_seconds({s: result.workspace.kit_dir(state, s) / "data" for s in state.sites})
-    return {"rounds": num_rounds, "round_times": times, "training_s": training}
+    return {"rounds": num_rounds, "round_times": times, "training_s": training, "load": os.getloadavg()[0]}
 
 
 def render(outcome: dict[str, object]) -> str:
@@ -140,7 +147,9 @@ def render(outcome: dict[str, object]) -> str:
         f"`python -m benchmarks.round_overhead --rounds {outcome['rounds']}` on a machine with "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
         f"{datetime.now().date()}. One provisioned federation (server + 3 sites on 127.0.0.1, mTLS), both jobs with "
-        "the same site executor; round 0 (start-up) is left out of the median.",
+        "the same site executor; round 0 (start-up) is left out of the median. "
+        f"Load average at the end of the run: {outcome.get('load', 0.0):.1f}; with three sites sharing the CPUs, "
+        "their real training time is longer than the in-process figure, so the overhead column is an upper bound.",
         "",
         f"Slowest site's local work per round, measured in-process: {training:.2f} s.",
         "",
