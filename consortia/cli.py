@@ -11,10 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from consortia import federation
+from consortia.cli_kit import kit_app, site_app
 from provisioning.schema import ConsortiumFileError
 from provisioning.workspace import Workspace, WorkspaceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Consortia: federated learning on NVIDIA FLARE.")
+app.add_typer(kit_app, name="kit")
+app.add_typer(site_app, name="site")
 console = Console()
 err_console = Console(stderr=True)
 
