@@ -52,8 +52,8 @@ class _LogWriter(io.TextIOBase):
 def _flare_output_to_log() -> Iterator[None]:
     """Send what FLARE prints (for example "Connecting to FLARE ...") to the log, keeping the log JSON lines.
 
-    NOTE: this swaps sys.stdout and sys.stderr for the whole process while a FLARE call runs, so a print from
-    another thread in that window is logged too; the admin service itself does not print.
+    NOTE: this swaps sys.stdout and sys.stderr for the whole process while a FLARE call runs. A print from another
+    thread in that window is logged too, which is harmless because the admin service itself does not print.
     """
     writer = _LogWriter()
     with redirect_stdout(writer), redirect_stderr(writer):
