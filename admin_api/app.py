@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from admin_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from admin_api.api.problems import install_problem_handlers
-from admin_api.api.routes import audit, events, health, jobs, sites
+from admin_api.api.routes import audit, events, health, jobs, ops, reports, sites
 from admin_api.db import Database
 from admin_api.services.reconciler import FlareApiJobSource, FlareJobSource, ReconcilerLoop
 from admin_api.settings import Settings, load_settings
@@ -80,6 +80,6 @@ def create_app(settings: Settings | None = None, *, job_source: FlareJobSource |
     # Added last, so it runs first: the body limit's 413 carries the request id too.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, events, jobs, sites, audit):
+    for module in (health, events, jobs, sites, audit, reports, ops):
         app.include_router(module.router)
     return app
