@@ -315,6 +315,22 @@ class PrivacySpentEvent(EventBase):
     payload: PrivacySpentPayload
 
 
+class KitIssuedPayload(_Payload):
+    participant: ShortText
+    role: ShortText
+    certificate_fingerprint: ShortText
+    expires_at: AwareDatetime
+
+
+class KitIssuedEvent(EventBase):
+    """A startup kit was built for a participant (``site`` is set for site kits)."""
+
+    requires_job = False
+
+    type: Literal["kit.issued"]
+    payload: KitIssuedPayload
+
+
 _EventUnion = (
     JobSubmittedEvent
     | JobStartedEvent
@@ -326,6 +342,7 @@ _EventUnion = (
     | SiteJoinedEvent
     | SiteLeftEvent
     | PrivacySpentEvent
+    | KitIssuedEvent
 )
 
 EventCreate = Annotated[_EventUnion, Field(discriminator="type"), BeforeValidator(_check_envelope)]

@@ -193,6 +193,11 @@ def _on_privacy_spent(session: Session, event: EventBase, job: Job | None) -> di
     return {}
 
 
+def _on_kit_issued(session: Session, event: EventBase, job: Job | None) -> dict[str, Any]:
+    # Issuance lives in the audit chain only: the audit event carries participant, fingerprint and expiry.
+    return {}
+
+
 HANDLERS: dict[str, Handler] = {
     "job.submitted": _on_job_submitted,
     "job.started": _on_job_started,
@@ -204,5 +209,6 @@ HANDLERS: dict[str, Handler] = {
     "site.joined": _on_site_joined,
     "site.left": _on_site_left,
     "privacy.spent": _on_privacy_spent,
+    "kit.issued": _on_kit_issued,
 }
 """Event type to the function that applies it."""

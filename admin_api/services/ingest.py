@@ -120,7 +120,12 @@ def ingest_event(session: Session, event: EventBase) -> EventReceiptPublic:
     received_at = utc_now()
     effects = _apply(session, event)
     actor, role = _actor_and_role(event)
-    target = job_target(event.job_id) if event.job_id is not None else site_target(event.site or "")
+    if event.job_id is not None:
+        target = job_target(event.job_id)
+    elif event.type == "kit.issued":  # type: ignore[attr-defined]
+        target = f"kit:{event.payload.participant}"  # type: ignore[attr-defined]
+    else:
+        target = site_target(event.site or "")
     audit_event = append_audit_event(
         session,
         occurred_at=event.occurred_at,

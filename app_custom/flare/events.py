@@ -28,6 +28,7 @@ EVENT_TYPES = (
     "site.joined",
     "site.left",
     "privacy.spent",
+    "kit.issued",
 )
 
 
