@@ -228,10 +228,12 @@ class PrivateTraining:
 
 
 def _loader_sample_rate(data_loader: DataLoader, config: DPSGDConfig, num_examples: int) -> float:
-    # Opacus accounts with 1 / len(data_loader), which differs from batch_size / n when n is not a multiple.
+    # Opacus 1.6 accounts with 1 / len(DPDataLoader), which differs from batch_size / n when n is not a multiple.
+    # DPDataLoader has int(1 / (1 / len(data_loader))) batches, and floating point rounds that down by one for
+    # some lengths (93 batches give 92), so compute the rate the same way instead of 1 / len(data_loader).
     if len(data_loader) < 1:
         raise InvalidPrivacySetting("invalid data_loader: it yields no batches")
-    loader_rate = 1.0 / len(data_loader)
+    loader_rate = 1.0 / int(1.0 / (1.0 / len(data_loader)))
     if config.batch_size is not None and data_loader.batch_size != config.batch_size:
         raise InvalidPrivacySetting(
             f"invalid data_loader: its batch_size={data_loader.batch_size!r} differs from the config's "
