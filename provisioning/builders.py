@@ -9,7 +9,8 @@ are signed with our changes included. It writes ``local/resources.json`` for eve
   rounds and contributions to the admin service is added as a server component.
 - **sites and server**: the class allow-list is extended with our installed package (``app_custom``) and the few
   FLARE classes our jobs use, so jobs run without shipping custom code (BYOC).
-- **sites**: ``local/consortia_site.json`` names the site's own data folder; the training code reads only that.
+- **sites**: ``local/consortia_site.json`` names the site's own data folder, which the training code reads only,
+  and the site's privacy budget (``privacy_budget``), which caps the epsilon DP-SGD jobs may spend at the site.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ FLARE_CLASSES_USED = (
     "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor",
 )
 OUR_PACKAGE_PREFIX = "app_custom."
+# Each DP job charges its delta once, so a delta budget of 1e-4 admits ten jobs at the usual delta of 1e-5.
+DEFAULT_PRIVACY_BUDGET = {"epsilon": 10.0, "delta": 1e-4}
 
 
 class ConsortiaBuilder(Builder):
@@ -44,6 +47,8 @@ class ConsortiaBuilder(Builder):
         event_url: the admin service's event endpoint, for example ``http://127.0.0.1:8443/api/v1/events``.
         event_token_file: absolute path of the file holding the bearer token for ``event_url``.
         site_data_dir: data folder of each site, relative to the site's kit root unless absolute.
+        privacy_budget: each site's total ``epsilon`` and ``delta`` across DP jobs; None writes
+            ``DEFAULT_PRIVACY_BUDGET``. A site's data owner may change it in the site's kit.
     """
 
     def __init__(
@@ -52,11 +57,13 @@ class ConsortiaBuilder(Builder):
         event_url: str,
         event_token_file: str,
         site_data_dir: str = "data",
+        privacy_budget: dict[str, float] | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.event_url = event_url
         self.event_token_file = event_token_file
         self.site_data_dir = site_data_dir
+        self.privacy_budget = dict(privacy_budget or DEFAULT_PRIVACY_BUDGET)
 
     def build(self, project: Project, ctx: ProvisionContext) -> None:
         server = project.get_server()
@@ -64,7 +71,7 @@ class ConsortiaBuilder(Builder):
             self._write_resources(ctx, server, self._harden_server)
         for site in project.get_clients():
             self._write_resources(ctx, site, self._harden_site)
-            site_config = {"site": site.name, "data_dir": self.site_data_dir}
+            site_config = {"site": site.name, "data_dir": self.site_data_dir, "privacy_budget": self.privacy_budget}
             local_dir = Path(ctx.get_local_dir(site))
             (local_dir / SITE_CONFIG_FILE).write_text(json.dumps(site_config, indent=2) + "\n", encoding="utf-8")
 
