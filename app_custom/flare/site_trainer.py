@@ -3,7 +3,8 @@
 Jobs name a script by key (``tabular``), never by path, so no code travels with the job and the site's class
 allow-list (``app_custom.``) covers everything that runs. The data folder is the site's own choice, read from
 ``local/consortia_site.json`` in the site's kit, and is passed to the script as ``--data-dir``; a job cannot point a
-site at another folder.
+site at another folder. The kit folder itself is passed as ``--site-root``, where the script reads the site's
+privacy budget and keeps its privacy ledger; a job cannot set it either.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ class SiteTrainer(ClientAPIExecutor):
     """
 
     def __init__(self, script: str = "tabular", script_args: str = "", **kwargs) -> None:
-        if "--data-dir" in shlex.split(script_args):
-            raise ValueError("script_args must not set --data-dir: each site chooses its own data folder")
+        site_owned = {"--data-dir", "--site-root"} & {arg.split("=", 1)[0] for arg in shlex.split(script_args)}
+        if site_owned:
+            raise ValueError(
+                f"script_args must not set {', '.join(sorted(site_owned))}: each site chooses its own data folder "
+                "and keeps its own privacy budget"
+            )
         super().__init__(
             execution_mode="in_process",
             task_script_path=script_path(script),
@@ -92,6 +97,7 @@ class SiteTrainer(ClientAPIExecutor):
             except SiteConfigError as exc:
                 self.system_panic(str(exc), fl_ctx)
                 return
-            self._task_script_args = f"{self._base_script_args} --data-dir {shlex.quote(str(data_dir))}".strip()
+            site_args = f"--data-dir {shlex.quote(str(data_dir))} --site-root {shlex.quote(str(site_root))}"
+            self._task_script_args = f"{self._base_script_args} {site_args}".strip()
             self.log_info(fl_ctx, f"training script reads site data from {data_dir}")
         super().handle_event(event_type, fl_ctx)

@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from app_custom.core.metrics import binary_metrics
+from app_custom.core.privacy.accounting import epsilon_after_steps
+from app_custom.core.privacy.dp_sgd import DPSGDConfig, PrivateTraining, make_private, train_private_epoch
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,68 @@ def load_numpy_params(model: nn.Module, params: Mapping[str, np.ndarray | torch.
     """Load numpy arrays or tensors into ``model`` (strict: every key must match)."""
     tensors = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in params.items()}
     model.load_state_dict(tensors, strict=True)
+
+
+def make_private_trainer(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: DPSGDConfig,
+    *,
+    batch_size: int,
+    learning_rate: float,
+) -> PrivateTraining:
+    """Wrap ``model`` for DP-SGD on (x, y) with Adam and noise calibrated for the whole job.
+
+    ``config.epochs`` must be the job's total number of local epochs (rounds times local epochs), so the target
+    epsilon holds for the whole job. The wrapped model shares its parameters with ``model``: loading a global
+    model into ``model`` updates the wrapped one.
+
+    Privacy: protects each training record at the site, against anyone who sees the site's updates. Batches are
+    drawn by Poisson sampling from an unseeded generator, and the noise is unseeded, because a predictable
+    sampler or noise stream would void the guarantee. Invalid settings raise ``InvalidPrivacySetting`` before
+    any data is touched.
+
+    Raises:
+        InvalidPrivacySetting: A setting is invalid for this data or the target epsilon cannot be met.
+    """
+    loader = DataLoader(
+        TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)),
+        batch_size=batch_size,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    model.train()  # Opacus validates the model in training mode; evaluation may have left it in eval mode
+    return make_private(model, optimizer, loader, config)
+
+
+def steps_per_epoch(training: PrivateTraining) -> int:
+    """Return the number of noisy steps one epoch takes: the batches of Opacus' Poisson loader."""
+    return len(training.data_loader)
+
+
+def epsilon_after_next_round(training: PrivateTraining, local_epochs: int) -> float:
+    """Return the job's cumulative epsilon once ``local_epochs`` more epochs have trained.
+
+    Privacy: computed with the RDP accountant at the sample rate Opacus 1.6 records, 1 / (batches of its Poisson
+    loader). So a site can charge a round to its ledger before training it, and the charge equals what the
+    accountant reports afterwards.
+    """
+    steps = training.steps_taken + local_epochs * steps_per_epoch(training)
+    sample_rate = 1.0 / len(training.data_loader)
+    return epsilon_after_steps(steps, training.noise_multiplier, sample_rate, training.config.target_delta)
+
+
+def train_private_round(training: PrivateTraining, local_epochs: int, loss_fn: nn.Module) -> TrainingOutcome:
+    """Train ``local_epochs`` epochs of DP-SGD, starting from fresh Adam moments as ``train_local`` does.
+
+    Privacy: each step clips per-sample gradients and adds calibrated noise; a step past the calibrated total
+    raises ``BudgetExceeded`` (see ``train_private_epoch``).
+    """
+    training.optimizer.original_optimizer.state.clear()
+    steps = 0
+    mean_loss = float("nan")
+    for _ in range(local_epochs):
+        result = train_private_epoch(training, loss_fn)
+        steps += result.num_steps
+        mean_loss = result.mean_loss
+    return TrainingOutcome(num_steps=steps, mean_loss=mean_loss)
