@@ -18,8 +18,8 @@ from provisioning.workspace import Workspace, WorkspaceError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Consortia: federated learning on NVIDIA FLARE.")
 app.add_typer(kit_app, name="kit")
 app.add_typer(site_app, name="site")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 DEFAULT_CONSORTIUM = Path("provisioning/consortium.yml")
 DEFAULT_WORKSPACE = Path("workspace")
@@ -53,7 +53,7 @@ def provision(
 
     try:
         result = run_provision(consortium, workspace, force=force, he=he)
-    except (*_EXPECTED_ERRORS, ProvisioningError) as exc:
+    except _EXPECTED_ERRORS + (ProvisioningError,) as exc:
         _fail(str(exc))
         return
     state = result.state
@@ -136,7 +136,7 @@ def demo(
 
     try:
         result = run_demo(consortium, workspace, num_rounds=rounds, console=console)
-    except (*_EXPECTED_ERRORS, DemoError, ProvisioningError) as exc:
+    except _EXPECTED_ERRORS + (DemoError, ProvisioningError) as exc:
         _fail(str(exc))
         return
     render_outcome(result, console)

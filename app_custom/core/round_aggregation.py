@@ -86,7 +86,9 @@ class RoundAggregator:
         if self.buffers_models:
             self._buffer[site] = ({k: np.array(v, copy=True) for k, v in params.items()}, num_examples, local_loss)
             return
-        weight = num_examples * (local_loss**self.config.focal_beta if self.config.focal_beta else 1.0)
+        weight = num_examples
+        if self.config.focal_beta != 0.0 and local_loss is not None:
+            weight *= float(local_loss) ** self.config.focal_beta
         self._stream.add(params, weight)
 
     def result(self, global_params: Mapping[str, np.ndarray] | None) -> Params:

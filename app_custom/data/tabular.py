@@ -209,6 +209,10 @@ def write_site_partitions(
             "label_skew_alpha": label_skew_alpha,
         }
         (folder / "schema.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        summary[name] = {k: info[k] for k in ("train_rows", "test_rows", "death_rate")}
+        summary[name] = {
+            "train_rows": float(len(train_idx)),
+            "test_rows": float(len(test_idx)),
+            "death_rate": float(info["death_rate"]),  # type: ignore[arg-type]
+        }
         logger.info("wrote %s data for site %s into %s", DATASET, name, folder)
     return summary

@@ -34,7 +34,7 @@ from app_custom.core.errors import ContributionRejected, CoreError
 from app_custom.core.round_aggregation import AggregationConfig, RoundAggregator
 from app_custom.core.round_metrics import clean_metrics, weighted_site_mean
 from app_custom.core.selection import select_by_category_coverage
-from app_custom.core.validation import check_contribution
+from app_custom.core.validation import check_contribution, check_num_examples
 from app_custom.flare.event_forwarder import spool_event
 from app_custom.flare.events import make_envelope
 
@@ -252,7 +252,8 @@ class ConsortiaFedAvg(ModelController):
                 num_examples=num_examples,
                 max_update_norm=self.max_update_norm,
             )
-            self.round_aggregator.add(site, params, float(num_examples), metrics.get("local_train_loss"))
+            weight = check_num_examples(num_examples)
+            self.round_aggregator.add(site, params, weight, metrics.get("local_train_loss"))
         except ContributionRejected as exc:
             self._reject(site, exc.reason_code, str(exc))
             return None
@@ -262,7 +263,7 @@ class ConsortiaFedAvg(ModelController):
         upload_bytes = int(sum(array.nbytes for array in params.values()))
         self._bytes_uploaded += upload_bytes
         self.info(f"round {self._round}: accepted model from {site} ({num_examples} examples)")
-        return {"num_examples": int(num_examples), "upload_bytes": upload_bytes, "metrics": clean_metrics(metrics)}
+        return {"num_examples": int(weight), "upload_bytes": upload_bytes, "metrics": clean_metrics(metrics)}
 
     def _accept_train_result(self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False) -> bool:
         # NOTE: this overrides a private hook of FLARE 2.9's BaseModelController, the only place where a site's
