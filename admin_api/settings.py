@@ -75,9 +75,14 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token for the read API. While unset, read routes return 401.",
     )
-    # NOTE: accepted so deployments can pass it already; no code reads it yet (reports are written where the
-    # caller of write_job_report says).
-    workspace: Path | None = Field(default=None, description="Consortia workspace folder of this deployment.")
+    workspace: Path | None = Field(
+        default=None,
+        description="Consortia workspace folder; the report signing key defaults to secrets/report_signing_key.pem in it.",
+    )
+    report_signing_key: Path | None = Field(
+        default=None,
+        description="PEM file of the Ed25519 key that signs reports; created with mode 0600 when missing.",
+    )
     flare_admin_kit: Path | None = Field(
         default=None,
         description="FLARE admin startup kit folder (contains startup/fed_admin.json); enables the reconciler.",
