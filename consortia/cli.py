@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consortia import federation
+from consortia.cli_audit import audit_app, report_app
 from consortia.cli_kit import kit_app, site_app
 from provisioning.schema import ConsortiumFileError
 from provisioning.workspace import Workspace, WorkspaceError
@@ -18,6 +19,8 @@ from provisioning.workspace import Workspace, WorkspaceError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Consortia: federated learning on NVIDIA FLARE.")
 app.add_typer(kit_app, name="kit")
 app.add_typer(site_app, name="site")
+app.add_typer(audit_app, name="audit")
+app.add_typer(report_app, name="report")
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
 
