@@ -8,7 +8,8 @@ Steps, each visible on the console:
 4. follow the job round by round from the admin service's records (a progress bar);
 5. download the global model and score it on the sites' pooled held-out rows next to a centralized model and
    one local-only model per site (computed here only for comparison);
-6. write the job's audit report (JSON and CSV) from the admin service into ``workspace/reports``;
+6. write the job's signed audit report (PDF, JSON and CSV, with ``.sig.json`` signatures for PDF and CSV) and the
+   service's public key from the admin service into ``workspace/reports``;
 7. stop every process that step 2 started.
 """
 
@@ -50,6 +51,9 @@ class DemoResult:
     rounds: list[dict[str, Any]]
     report_json: Path
     report_csv: Path
+    report_pdf: Path
+    report_signatures: list[Path]
+    public_key: Path
     comparison: dict[str, dict[str, Any]]
 
 
@@ -68,12 +72,14 @@ class AdminClient:
         response.raise_for_status()
         return response.json()
 
-    def report(self, job_id: str, fmt: str) -> bytes:
+    def signed_report(self, job_id: str, fmt: str) -> httpx.Response:
         response = httpx.get(
-            f"{self.base}/jobs/{job_id}/report", params={"format": fmt}, headers=self.headers, timeout=30.0
+            f"{self.base}/reports/jobs/{job_id}", params={"format": fmt}, headers=self.headers, timeout=60.0
         )
-        response.raise_for_status()
-        return response.content
+        return response.raise_for_status()
+
+    def public_key(self) -> bytes:
+        return httpx.get(f"{self.base}/reports/public-key", timeout=10.0).raise_for_status().content
 
 
 def run_demo(
@@ -104,7 +110,7 @@ def run_demo(
         admin = AdminClient(workspace, state)
         final = _follow(admin, workspace, state, job_id, num_rounds, console, job_timeout)
         comparison = _compare(workspace, state, job_id, console)
-        report_json, report_csv = _write_reports(admin, workspace, job_id)
+        reports = _write_reports(admin, workspace, job_id)
     finally:
         with console.status("Stopping the federation"):
             federation.down(workspace)
@@ -113,8 +119,11 @@ def run_demo(
         job_id=job_id,
         status=final["status"],
         rounds=final.get("rounds", []),
-        report_json=report_json,
-        report_csv=report_csv,
+        report_json=reports["json"],
+        report_csv=reports["csv"],
+        report_pdf=reports["pdf"],
+        report_signatures=[reports["csv.sig"], reports["pdf.sig"]],
+        public_key=reports["public_key"],
         comparison=comparison,
     )
 
@@ -192,14 +201,27 @@ def _download_global_model(workspace: Workspace, state: WorkspaceState, job_id: 
     return {key: np.asarray(value) for key, value in state_dict.items()}
 
 
-def _write_reports(admin: AdminClient, workspace: Workspace, job_id: str) -> tuple[Path, Path]:
+def _write_reports(admin: AdminClient, workspace: Workspace, job_id: str) -> dict[str, Path]:
+    """Download the signed job report as JSON, CSV and PDF, with a ``.sig.json`` beside CSV and PDF.
+
+    The service's public key is saved too, so ``consortia report verify FILE --public-key KEY`` works offline.
+    """
+    from consortia.cli_audit import decode_signature_header
+
     workspace.reports_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in ("json", "csv"):
-        path = workspace.reports_dir / f"job-{job_id}.{fmt}"
-        path.write_bytes(admin.report(job_id, fmt))
-        paths.append(path)
-    return paths[0], paths[1]
+    paths: dict[str, Path] = {}
+    for fmt in ("json", "csv", "pdf"):
+        response = admin.signed_report(job_id, fmt)
+        path = workspace.reports_dir / f"job-{job_id}-report.{fmt}"
+        path.write_bytes(response.content)
+        paths[fmt] = path
+        if fmt != "json":
+            signature = Path(f"{path}.sig.json")
+            signature.write_text(decode_signature_header(response.headers["Consortia-Report-Signature"]))
+            paths[f"{fmt}.sig"] = signature
+    paths["public_key"] = workspace.reports_dir / "report-signing-key.pub.pem"
+    paths["public_key"].write_bytes(admin.public_key())
+    return paths
 
 
 def render_outcome(result: DemoResult, console: Console) -> None:
@@ -227,7 +249,11 @@ def render_outcome(result: DemoResult, console: Console) -> None:
         )
     console.print(comparison)
     console.print(f"Job {result.job_id}: [bold]{result.status}[/]")
-    console.print(f"Audit report: {result.report_json}\n              {result.report_csv}")
+    console.print("Signed audit report:")
+    for path in (result.report_pdf, result.report_json, result.report_csv, *result.report_signatures):
+        console.print(f"  {path}")
+    console.print(f"  public key: {result.public_key}")
+    console.print(f"Check it offline: consortia report verify {result.report_pdf} --public-key {result.public_key}")
 
 
 def _fmt(value: Any) -> str:
