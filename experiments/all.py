@@ -54,8 +54,11 @@ _COMMUNICATION_CLAIM = """\
 their training data each round and the server requests a subset of weight updates by "category coverage
 maximization", in two variants; on MNIST "an increase of 10% absolute points in accuracy … with 70% absolute points
 lower network transfer over FedAvg". **Our reading:** the metadata are class histograms; `full_coverage` greedily
-selects sites until every class is covered, `budget` selects exactly k sites by the same greedy order. Whether
-CatFedAvg selects sites or parts of models, and how its variants differ, is not known to us."""
+selects sites until every class is covered, and `budget` selects exactly k sites by the same greedy order. We do
+not know whether CatFedAvg selects sites or parts of models, nor how its two variants differ. Class histograms do not
+change between rounds, so when every site is a candidate the selection is the same in every round and the data of
+unselected sites never reach the global model. The second table therefore also draws the candidates at random each
+round (FedAvg's client sampling), which makes the selection vary."""
 
 _BASELINES_NOTE = """\
 No paper claim is tested here. The table places the federated model between the two bounds it should lie between:

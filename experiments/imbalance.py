@@ -203,7 +203,7 @@ def run(settings: ImbalanceSettings, *, show_progress: bool = True) -> Section:
         for scenario in scenarios
     )
     wall = time.perf_counter() - started
-    markdown = "\n\n".join([_setup_text(settings), tables, "Against FedAvg on digits-unbalanced, paired by seed:",
+    markdown = "\n\n".join([_setup_text(settings), tables, "Changes against FedAvg, paired by seed (digits-unbalanced, then aids):",
                             _verdict(results)])
     return Section("imbalance", "Imbalance: FedAvg against Fed-Focal Loss", markdown, wall)
 
