@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin_api.request_context import request_id_var
+from admin_api.services.metrics import observe_request
 
 __all__ = ["BodySizeLimitMiddleware", "RequestIdMiddleware"]
 
@@ -51,6 +52,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             # Successful probes arrive every few seconds, so they are logged at DEBUG to keep the log readable.
+            duration_s = time.perf_counter() - started
+            # The route template, set by the router, keeps one latency series per route instead of one per job id.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            observe_request(scope["method"], route, status_code, duration_s)
             quiet = scope["path"] in _PROBE_PATHS and status_code < 400
             logger.log(
                 logging.DEBUG if quiet else logging.INFO,
@@ -58,7 +63,7 @@ class RequestIdMiddleware:
                 scope["method"],
                 scope["path"],
                 status_code,
-                extra={"status": status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+                extra={"status": status_code, "duration_ms": round(duration_s * 1000, 1)},
             )
             request_id_var.reset(token)
 

@@ -27,6 +27,7 @@ from admin_api.core.chain import (
 from admin_api.db import SQLITE_BEGIN_OPTION
 from admin_api.errors import AuditChainError
 from admin_api.models import AuditEvent
+from admin_api.services.metrics import record_chain_check
 
 __all__ = [
     "SYSTEM_ROLE",
@@ -201,6 +202,7 @@ def verify_chain(session: Session) -> ChainVerification:
         The result; ``first_bad_seq`` names the first bad position when ``ok`` is False.
     """
     result = verify_records(_iter_records(session))
+    record_chain_check(result)
     if not result.ok:
         logger.error(
             "audit chain verification failed at seq %s: %s",

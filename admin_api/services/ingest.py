@@ -28,6 +28,7 @@ from admin_api.schemas.events import EventBase, EventBatchReceiptPublic, EventRe
 from admin_api.services.audit import SYSTEM_ROLE, append_audit_event, job_target, lock_chain, site_target
 from admin_api.services.event_handlers import HANDLERS, implied_status
 from admin_api.services.jobs import StatusChange, apply_status, create_job, get_job, utc_now
+from admin_api.services.metrics import record_ingest
 from admin_api.services.sites import touch_site
 
 __all__ = ["FORWARDER_ACTOR", "ingest_event", "ingest_events"]
@@ -182,6 +183,7 @@ def ingest_events(session: Session, events: Sequence[EventBase]) -> EventBatchRe
         session.rollback()
         raise
     num_duplicates = sum(receipt.duplicate for receipt in receipts)
+    record_ingest(num_created=len(receipts) - num_duplicates, num_duplicates=num_duplicates)
     for event, receipt in zip(events, receipts, strict=True):
         logger.info(
             "ingested event %s (%s)%s",
