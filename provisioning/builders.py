@@ -11,6 +11,10 @@ are signed with our changes included. It writes ``local/resources.json`` for eve
   FLARE classes our jobs use, so jobs run without shipping custom code (BYOC).
 - **sites**: ``local/consortia_site.json`` names the site's own data folder, which the training code reads only,
   and the site's privacy budget (``privacy_budget``), which caps the epsilon DP-SGD jobs may spend at the site.
+- **site policy**: each site's policy (``provisioning.site_policy``) is written into its ``local`` folder and the
+  site's ``SitePolicyGuard`` is added to its components; a policy's ``privacy_budget`` replaces the default.
+- **server**: ``RevocationGuard`` (revoked sites cannot register) and ``SitePolicyAudit`` (policy refusals are
+  audited) are added as components.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from nvflare.lighter.entity import Participant, Project
 from nvflare.lighter.spec import Builder
 
 from app_custom.flare.event_forwarder import EVENT_FORWARDER_ID
+from app_custom.flare.revocation_guard import REVOCATION_GUARD_ID
+from app_custom.flare.site_policy_guard import SITE_POLICY_AUDIT_ID, SITE_POLICY_GUARD_ID, SitePolicy
+from provisioning.site_policy import write_policy_files
 
 SITE_CONFIG_FILE = "consortia_site.json"
 
@@ -49,6 +56,7 @@ class ConsortiaBuilder(Builder):
         site_data_dir: data folder of each site, relative to the site's kit root unless absolute.
         privacy_budget: each site's total ``epsilon`` and ``delta`` across DP jobs; None writes
             ``DEFAULT_PRIVACY_BUDGET``. A site's data owner may change it in the site's kit.
+        site_policies: ``SitePolicy`` fields per site name; a site not listed gets the default policy.
     """
 
     def __init__(
@@ -58,12 +66,14 @@ class ConsortiaBuilder(Builder):
         event_token_file: str,
         site_data_dir: str = "data",
         privacy_budget: dict[str, float] | None = None,
+        site_policies: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.event_url = event_url
         self.event_token_file = event_token_file
         self.site_data_dir = site_data_dir
         self.privacy_budget = dict(privacy_budget or DEFAULT_PRIVACY_BUDGET)
+        self.site_policies = {name: SitePolicy.model_validate(p) for name, p in (site_policies or {}).items()}
 
     def build(self, project: Project, ctx: ProvisionContext) -> None:
         server = project.get_server()
@@ -71,8 +81,11 @@ class ConsortiaBuilder(Builder):
             self._write_resources(ctx, server, self._harden_server)
         for site in project.get_clients():
             self._write_resources(ctx, site, self._harden_site)
-            site_config = {"site": site.name, "data_dir": self.site_data_dir, "privacy_budget": self.privacy_budget}
+            policy = self.site_policies.get(site.name, SitePolicy())
+            budget = policy.privacy_budget.model_dump() if policy.privacy_budget else self.privacy_budget
+            site_config = {"site": site.name, "data_dir": self.site_data_dir, "privacy_budget": budget}
             local_dir = Path(ctx.get_local_dir(site))
+            write_policy_files(local_dir, policy)
             (local_dir / SITE_CONFIG_FILE).write_text(json.dumps(site_config, indent=2) + "\n", encoding="utf-8")
 
     @staticmethod
@@ -95,6 +108,13 @@ class ConsortiaBuilder(Builder):
 
     def _harden_site(self, resources: dict[str, Any], site: Participant) -> None:
         self._extend_allow_list(resources)
+        self._add_component(resources, SITE_POLICY_GUARD_ID, "app_custom.flare.site_policy_guard.SitePolicyGuard")
+
+    @staticmethod
+    def _add_component(resources: dict[str, Any], component_id: str, path: str, args: dict | None = None) -> None:
+        components = [c for c in resources.get("components", []) if c.get("id") != component_id]
+        components.append({"id": component_id, "path": path, "args": args or {}})
+        resources["components"] = components
 
     def _harden_server(self, resources: dict[str, Any], server: Participant) -> None:
         self._extend_allow_list(resources)
@@ -117,4 +137,6 @@ class ConsortiaBuilder(Builder):
                 },
             }
         )
+        self._add_component(resources, REVOCATION_GUARD_ID, "app_custom.flare.revocation_guard.RevocationGuard")
+        self._add_component(resources, SITE_POLICY_AUDIT_ID, "app_custom.flare.site_policy_guard.SitePolicyAudit")
         os.makedirs(runtime, exist_ok=True)

@@ -20,6 +20,8 @@ import yaml
 from nvflare.apis.utils.format_check import name_check
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app_custom.flare.site_policy_guard import SitePolicy
+
 FLARE_ROLES = ("project_admin", "org_admin", "lead", "member")
 """Roles that FLARE's default authorization policy knows; users with these roles get an admin kit."""
 
@@ -107,10 +109,11 @@ class AdminServiceSpec(_Strict):
 
 
 class SiteSpec(_Strict):
-    """A participating institution (FLARE's client)."""
+    """A participating institution (FLARE's client) and its site-local policy (safe defaults when omitted)."""
 
     name: str
     org: str
+    policy: SitePolicy = Field(default_factory=SitePolicy)
 
     @field_validator("name")
     @classmethod
