@@ -112,6 +112,7 @@ def flare_project(
                 "runtime_dir": str(workspace.runtime_dir / "server"),
                 "event_url": f"http://127.0.0.1:{api_port}/api/v1/events",
                 "event_token_file": str(workspace.event_token_file),
+                "site_policies": {s.name: s.policy.model_dump(mode="json") for s in consortium.sites},
             },
         },
         {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
@@ -173,7 +174,7 @@ def provision(
         workspace=workspace,
         he=he,
     )
-    kits_dir = _run_flare_provisioner(project_dict, workspace)
+    kits_dir = run_flare_provisioner(project_dict, workspace)
     shutil.copyfile(consortium_file, workspace.root / "consortium.yml")
 
     if consortium.demo_data is not None:
@@ -199,7 +200,15 @@ def provision(
     return ProvisionResult(workspace=workspace, state=state)
 
 
-def _run_flare_provisioner(project_dict: dict[str, Any], workspace: Workspace) -> Path:
+def run_flare_provisioner(project_dict: dict[str, Any], workspace: Workspace) -> Path:
+    """Run FLARE's provisioner on ``workspace.provision_dir`` and return the new ``prod_NN`` kit folder.
+
+    FLARE keeps the root CA and every issued certificate in ``provision/<project>/state`` and reuses them on
+    later runs, so running it again only creates keys and certificates for participants it has not seen.
+
+    Raises:
+        ProvisioningError: when FLARE fails or writes no kits.
+    """
     try:
         project = prepare_project(project_dict)
         builders = prepare_builders(project_dict)

@@ -73,6 +73,9 @@ class WorkspaceState:
     lead_user: str | None
     he: bool = False
     processes: list[ProcessRecord] = field(default_factory=list)
+    # Kit folder of each participant provisioned after the first run (``consortia site add``, ``site rotate``).
+    # Participants missing here keep their kit under ``kits_dir``; state files written before this field load as {}.
+    kit_dirs: dict[str, str] = field(default_factory=dict)
     version: int = STATE_VERSION
 
     @classmethod
@@ -158,6 +161,8 @@ class Workspace:
 
     def kit_dir(self, state: WorkspaceState, participant: str) -> Path:
         """Return the startup kit folder of a server, site or user."""
+        if participant in state.kit_dirs:
+            return Path(state.kit_dirs[participant])
         return Path(state.kits_dir) / participant
 
     def read_secret(self, path: Path) -> str:

@@ -14,7 +14,7 @@ ends the job FINISHED:FAILED_TO_RUN.
 ``SitePolicyAudit`` is a server component that turns those rejections into ``contribution.rejected`` audit events
 (reason code ``site_policy``, round 0), because the admin service does not read ``job_deploy_detail``.
 
-Privacy: the guard fails closed. A missing or invalid policy file refuses every job with a reason that names the file.
+Privacy: the guard fails closed. A missing or invalid policy file rejects every job with a reason that names the file.
 """
 
 from __future__ import annotations
