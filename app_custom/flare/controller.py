@@ -37,6 +37,7 @@ from app_custom.core.selection import select_by_category_coverage
 from app_custom.core.validation import check_contribution, check_num_examples
 from app_custom.flare.event_forwarder import spool_event
 from app_custom.flare.events import make_envelope
+from app_custom.flare.revocation_guard import ALL_SITES, revoked_site_names
 
 METADATA_ROUND = -1
 # Reason codes a site may send in meta["refused"]; the admin service's event schema accepts the same pattern.
@@ -56,7 +57,9 @@ class ConsortiaFedAvg(ModelController):
         aggregation: ``AggregationConfig`` fields (method, trim_fraction, focal_beta, focal_top_fraction,
             server_optimizer, server_learning_rate).
         site_selection: CatFedAvg selection, ``{"variant": "full_coverage"}`` or ``{"variant": "budget",
-            "budget": k}``; None trains every site.
+            "budget": k}``, optionally with ``"candidates_per_round": m`` to draw m candidate sites at random each
+            round before the coverage step (class histograms do not change between rounds, so without it the same
+            sites are chosen every round); None trains every site.
         final_evaluation: evaluate the final global model at every site after the last round.
         persistor_id: component id of the model persistor.
         task_check_period: seconds between checks of outstanding tasks.
@@ -82,8 +85,12 @@ class ConsortiaFedAvg(ModelController):
             raise ValueError(f"invalid min_sites {min_sites}: use 1 or more, or null for all sites")
         if round_timeout < 0:
             raise ValueError(f"invalid round_timeout {round_timeout}: use seconds >= 0 (0 waits forever)")
-        if site_selection is not None and site_selection.get("variant") not in ("full_coverage", "budget"):
-            raise ValueError(f"invalid site_selection {site_selection!r}: use variant 'full_coverage' or 'budget'")
+        if site_selection is not None:
+            if site_selection.get("variant") not in ("full_coverage", "budget"):
+                raise ValueError(f"invalid site_selection {site_selection!r}: use variant 'full_coverage' or 'budget'")
+            candidates = site_selection.get("candidates_per_round")
+            if candidates is not None and (not isinstance(candidates, int) or candidates < 1):
+                raise ValueError(f"invalid candidates_per_round {candidates!r}: use a whole number of sites >= 1")
         self.num_rounds = num_rounds
         self.min_sites = min_sites
         self.round_timeout = round_timeout
@@ -171,6 +178,10 @@ class ConsortiaFedAvg(ModelController):
         counts = {site: self._class_counts[site] for site in sites if site in self._class_counts}
         if not counts:
             raise RuntimeError("CatFedAvg selection needs class histograms, but no site reported one")
+        candidates = self.site_selection.get("candidates_per_round")
+        if candidates is not None and candidates < len(counts):
+            drawn = np.random.default_rng(self._round).choice(sorted(counts), size=int(candidates), replace=False)
+            counts = {str(site): counts[str(site)] for site in drawn}
         selected = select_by_category_coverage(
             counts,
             variant=self.site_selection["variant"],
@@ -305,7 +316,12 @@ class ConsortiaFedAvg(ModelController):
     # ------------------------------------------------------------------ helpers
 
     def _connected_sites(self) -> list[str]:
-        return sorted(client.name for client in self.engine.get_clients())
+        # A revoked site that is still connected (revoked while running) takes no part; an invalid list excludes all.
+        revoked = revoked_site_names(self.engine.get_workspace().get_root_dir())
+        if ALL_SITES in revoked:
+            self.error("the server's revocation list does not verify: training no site")
+        connected = {client.name for client in self.engine.get_clients()}
+        return sorted(site for site in connected if site not in revoked and ALL_SITES not in revoked)
 
     def _required_sites(self, sites: list[str]) -> int:
         if self.min_sites is None:
