@@ -122,7 +122,7 @@ class PrivacyLedger:
     @staticmethod
     def _spend(entry: dict[str, Any]) -> JobSpend:
         try:
-            return JobSpend(job_id=entry.get("job_id"), epsilon=entry.get("epsilon"), delta=entry.get("delta"))
+            return JobSpend.model_validate({key: entry.get(key) for key in ("job_id", "epsilon", "delta")})
         except InvalidPrivacySetting as error:
             raise InvalidPrivacyInput(f"privacy ledger entry {entry!r} is invalid: {error}") from None
 

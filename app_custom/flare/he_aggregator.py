@@ -98,7 +98,7 @@ class EncryptedRoundAggregator:
                 (declared shapes, ciphertext counts or lengths differ) or ``dtype_mismatch`` (a chunk is not a
                 CKKS vector for this context).
         """
-        weight = float(check_num_examples(num_examples))
+        weight = float(check_num_examples(num_examples))  # type: ignore[arg-type]  # checks any object
         if not isinstance(encrypted, Mapping):
             raise ContributionRejected("dtype_mismatch", f"encrypted params are {type(encrypted).__name__}")
         missing, unexpected = set(self.shapes) - set(encrypted), set(encrypted) - set(self.shapes)
@@ -136,7 +136,7 @@ class EncryptedRoundAggregator:
                     key=key,
                 )
 
-    def add(self, site: str, encrypted: Encrypted, num_examples: float, shapes: object) -> None:
+    def add(self, site: str, encrypted: Encrypted, num_examples: object, shapes: object) -> None:
         """Check a contribution and add it to the encrypted running sum (one model's ciphertexts in memory).
 
         Raises:

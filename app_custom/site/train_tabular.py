@@ -20,8 +20,8 @@ import argparse
 import logging
 from pathlib import Path
 
-import nvflare.client as flare
 import numpy as np
+import nvflare.client as flare
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel
 

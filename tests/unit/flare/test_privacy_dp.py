@@ -45,9 +45,9 @@ def site_root(tmp_path: Path, epsilon: float = 10.0, delta: float = 1e-4) -> Pat
 
 
 def settings(root: Path, **changes) -> SiteDPSGD:
-    values = dict(
-        epsilon=3.0, delta=1e-4, max_grad_norm=1.0, batch_size=50, learning_rate=0.01, local_epochs=1, site_root=root
-    )
+    values = {
+        "epsilon": 3.0, "delta": 1e-4, "max_grad_norm": 1.0, "batch_size": 50, "learning_rate": 0.01, "local_epochs": 1, "site_root": root
+    }
     values.update(changes)
     return SiteDPSGD(**values)
 
@@ -201,7 +201,7 @@ def test_job_cannot_set_site_root(script_args):
 
 
 def dp_config(**changes) -> ClientDPConfig:
-    values = dict(clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0, target_delta=1e-5)
+    values = {"clip_norm": 1.0, "noise_multiplier": 1.0, "sample_rate": 1.0, "target_delta": 1e-5}
     values.update(changes)
     return ClientDPConfig(**values)
 
