@@ -117,14 +117,21 @@ class SitePolicyGuard(FLComponent):
         job_name = str(meta.get("name") or "")
         job_id = meta.get("job_id")
         try:
-            reason = load_site_policy(fl_ctx.get_engine().get_workspace().get_root_dir()).rejection_reason(job_name)
-        except ValueError as exc:
+            reason = load_site_policy(_site_root(fl_ctx)).rejection_reason(job_name)
+        except Exception as exc:  # noqa: BLE001 - any failure to check the policy rejects the job (fails closed)
             reason = f"{REJECTION_PREFIX}: {exc}"
         if reason is None:
             return
         self.logger.warning("rejected job %s (%s): %s", job_id, job_name, reason)
         fl_ctx.set_prop(FLContextKey.AUTHORIZATION_RESULT, False, sticky=False)
         fl_ctx.set_prop(FLContextKey.AUTHORIZATION_REASON, reason, sticky=False)
+
+
+def _site_root(fl_ctx: FLContext) -> str:
+    """Return the site's kit folder: FLARE 2.9's ``ClientEngine`` has no ``get_workspace`` but keeps its start args."""
+    engine = fl_ctx.get_engine()
+    root = getattr(getattr(engine, "args", None), "workspace", None)
+    return str(root) if root else str(engine.get_workspace().get_root_dir())
 
 
 def policy_rejections(deploy_detail: list[str]) -> dict[str, str]:
