@@ -63,7 +63,9 @@ def _resolve_job(session: Session, event: EventBase) -> tuple[Job | None, Status
     event_id = str(event.event_id)
     job = get_job(session, event.job_id)
     if job is None:
-        assert status is not None  # every type that names a job implies a status
+        if status is None:
+            # A site or kit event may name a job_id, but it shows no job status, so it creates no job.
+            return None, None, None
         job, first_change = create_job(
             session, event.job_id, status=status, at=event.occurred_at, source=StatusSource.EVENT, event_id=event_id
         )

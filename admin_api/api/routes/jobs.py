@@ -14,6 +14,9 @@ from admin_api.services.reports import build_job_report, render_report_csv, rend
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
+MAX_OFFSET = 2**63 - 1
+"""Largest offset a 64-bit database integer holds; a larger one would fail in the database driver."""
+
 
 @router.get("")
 def read_jobs(
@@ -23,7 +26,7 @@ def read_jobs(
     submitter: Annotated[str | None, Query(max_length=255)] = None,
     name: Annotated[str | None, Query(max_length=255, description="Case-insensitive substring.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
     """List jobs, newest submission first."""
     jobs, count = list_jobs(
