@@ -32,6 +32,7 @@ class StatusSource(StrEnum):
 
     EVENT = "event"
     RECONCILER = "reconciler"
+    API = "api"
 
 
 _RANK = {

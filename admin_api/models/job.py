@@ -29,6 +29,9 @@ class Job(Base):
     submitter: Mapped[str | None] = mapped_column(String(255), index=True)
     submitter_org: Mapped[str | None] = mapped_column(String(128))
     submitter_role: Mapped[str | None] = mapped_column(String(64))
+    # The person who asked the admin API to submit the job. FLARE records the service identity as submitter then.
+    requested_by: Mapped[str | None] = mapped_column(String(255), index=True)
+    requested_by_org: Mapped[str | None] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(32), index=True)
     submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -9,15 +9,19 @@ from sqlalchemy import inspect
 from admin_api.db import Database, upgrade
 from admin_api.models import Base
 
+HEAD = "0002_users_tokens"
 TABLES = {
     "alembic_version",
+    "api_tokens",
     "audit_events",
     "contributions",
     "ingested_events",
     "job_status_transitions",
     "jobs",
+    "log_cursors",
     "round_metrics",
     "sites",
+    "users",
 }
 
 
@@ -26,7 +30,7 @@ def test_upgrade_from_empty(empty_database_url: str) -> None:
     try:
         assert database.current_revision() is None
         upgrade(empty_database_url)
-        assert database.current_revision() == "0001_initial"
+        assert database.current_revision() == HEAD
         assert set(inspect(database.engine).get_table_names()) == TABLES
     finally:
         database.dispose()
@@ -34,7 +38,7 @@ def test_upgrade_from_empty(empty_database_url: str) -> None:
 
 def test_upgrade_twice_is_noop(database: Database) -> None:
     database.upgrade()
-    assert database.current_revision() == "0001_initial"
+    assert database.current_revision() == HEAD
 
 
 def test_migration_matches_models(database: Database) -> None:
