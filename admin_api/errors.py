@@ -7,8 +7,13 @@ Tree::
     ├── AuthenticationError        a request carries no bearer token or an unknown one
     ├── PermissionDeniedError      a known token lacks the scope a route requires
     ├── NotFoundError              a requested record does not exist
-    │   └── JobNotFoundError       no job with the requested FLARE job id
+    │   ├── JobNotFoundError       no job with the requested FLARE job id
+    │   ├── UserNotFoundError      no user of that name in the consortium file
+    │   └── TokenNotFoundError     no API token with that id
     ├── EventConflictError         an event_id was reused with different content
+    ├── JobStateConflictError      the job's status does not allow the requested action
+    ├── InvalidJobRequestError     a job submission names an unknown job or an invalid parameter
+    ├── FlareActionError           FLARE rejected or failed a submit or abort
     ├── AuditChainError            an audit event cannot be appended (invalid field)
     └── FlareSourceError           the reconciler could not read FLARE's job list
 
@@ -23,10 +28,15 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "EventConflictError",
+    "FlareActionError",
     "FlareSourceError",
+    "InvalidJobRequestError",
     "JobNotFoundError",
+    "JobStateConflictError",
     "NotFoundError",
     "PermissionDeniedError",
+    "TokenNotFoundError",
+    "UserNotFoundError",
 ]
 
 
@@ -63,6 +73,45 @@ class JobNotFoundError(NotFoundError):
             "or wait for the reconciler if the job was submitted moments ago"
         )
         self.job_id = job_id
+
+
+class UserNotFoundError(NotFoundError):
+    """No user of the requested name was synced from the consortium file.
+
+    Attributes:
+        name: The requested user name.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"user {name!r} not found; add the user to the workspace's consortium.yml, or list users with "
+            "'consortia users list'"
+        )
+        self.name = name
+
+
+class TokenNotFoundError(NotFoundError):
+    """No API token with the requested id exists.
+
+    Attributes:
+        token_id: The requested token id.
+    """
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"token {token_id!r} not found; list token ids with 'consortia users list'")
+        self.token_id = token_id
+
+
+class JobStateConflictError(AdminApiError):
+    """The job's recorded status does not allow the requested action, for example aborting a finished job."""
+
+
+class InvalidJobRequestError(AdminApiError):
+    """A job submission names an unknown job folder or a parameter the job cannot take."""
+
+
+class FlareActionError(AdminApiError):
+    """FLARE rejected or failed a job submission or abort made on behalf of a user."""
 
 
 class EventConflictError(AdminApiError):

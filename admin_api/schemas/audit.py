@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from admin_api.schemas.jobs import JobDetailPublic
 from admin_api.schemas.sites import SitePublic
 
-__all__ = ["AuditEventPublic", "ChainVerificationPublic", "JobReportPublic"]
+__all__ = ["AuditEventPublic", "AuditEventsPublic", "ChainVerificationPublic", "JobReportPublic"]
 
 
 class AuditEventPublic(BaseModel):
@@ -27,6 +27,15 @@ class AuditEventPublic(BaseModel):
     details: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+class AuditEventsPublic(BaseModel):
+    """One page of audit events; ``count`` is the number matching the filters on all pages."""
+
+    data: list[AuditEventPublic]
+    count: int
+    limit: int
+    offset: int
 
 
 class ChainVerificationPublic(BaseModel):

@@ -46,6 +46,9 @@ class JobPublic(BaseModel):
     submitter: str | None
     submitter_org: str | None
     submitter_role: str | None
+    requested_by: str | None = Field(
+        default=None, description="User who submitted the job through the admin API; FLARE's submitter is then the service."
+    )
     status: str = Field(description="FLARE RunStatus string, for example RUNNING or FINISHED:COMPLETED.")
     submitted_at: datetime | None
     started_at: datetime | None

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from admin_api.core.chain import (
@@ -36,6 +36,7 @@ __all__ = [
     "job_target",
     "list_audit_events",
     "lock_chain",
+    "query_audit_events",
     "site_target",
     "verify_chain",
 ]
@@ -168,6 +169,28 @@ def get_chain_head(session: Session) -> tuple[int, str] | None:
     """Return ``(seq, hash)`` of the newest audit event, or None while the chain is empty."""
     row = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
     return None if row is None else (row.seq, row.hash)
+
+
+def query_audit_events(
+    session: Session,
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    target: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[AuditEvent], int]:
+    """Return one page of audit events in seq order, filtered by exact action, actor and target, and the total."""
+    statement = select(AuditEvent)
+    if action is not None:
+        statement = statement.where(AuditEvent.action == action)
+    if actor is not None:
+        statement = statement.where(AuditEvent.actor == actor)
+    if target is not None:
+        statement = statement.where(AuditEvent.target == target)
+    count = session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+    events = list(session.scalars(statement.order_by(AuditEvent.seq).limit(limit).offset(offset)))
+    return events, count
 
 
 def list_audit_events(session: Session, *, target: str) -> list[AuditEvent]:

@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from admin_api.core.status import JobStatus, is_terminal
 from admin_api.errors import FlareSourceError
 
-__all__ = ["FlareApiJobSource", "FlareJobMeta", "FlareJobSource"]
+__all__ = ["FlareApiJobSource", "FlareJobMeta", "FlareJobSource", "FlareSystemSnapshot", "flare_output_to_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,14 @@ class FlareJobSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class FlareSystemSnapshot:
+    """What the FLARE server reports about itself: when it started and which jobs have a running job process."""
+
+    server_started_at: datetime | None
+    running_job_ids: frozenset[str]
+
+
 class _LogWriter(io.TextIOBase):
     """Text stream that turns each written line into an INFO log record."""
 
@@ -49,7 +58,7 @@ class _LogWriter(io.TextIOBase):
 
 
 @contextmanager
-def _flare_output_to_log() -> Iterator[None]:
+def flare_output_to_log() -> Iterator[None]:
     """Send what FLARE prints (for example "Connecting to FLARE ...") to the log, keeping the log JSON lines.
 
     NOTE: this swaps sys.stdout and sys.stderr for the whole process while a FLARE call runs. A print from another
@@ -90,7 +99,7 @@ class FlareApiJobSource:
             FlareSourceError: Connecting or listing failed; the next call reconnects.
         """
         try:
-            with _flare_output_to_log():
+            with flare_output_to_log():
                 if self._session is None:
                     self._session = self._connect()
                     logger.info("connected to FLARE as %s using kit %s", self.username, self.admin_kit_dir)
@@ -103,13 +112,34 @@ class FlareApiJobSource:
             ) from exc
         return list(jobs or [])
 
+    def system_snapshot(self) -> FlareSystemSnapshot:
+        """Return the server's start time and the jobs it runs now (``get_system_info``).
+
+        Raises:
+            FlareSourceError: Connecting or the status command failed; the next call reconnects.
+        """
+        try:
+            with flare_output_to_log():
+                if self._session is None:
+                    self._session = self._connect()
+                info = self._session.get_system_info()
+        except Exception as exc:  # FLARE raises many unrelated types, as in list_jobs
+            self.close()
+            raise FlareSourceError(
+                f"reading FLARE system info as {self.username} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        start_time = getattr(info.server_info, "start_time", None)
+        started_at = datetime.fromtimestamp(start_time, UTC) if isinstance(start_time, int | float) else None
+        job_ids = frozenset(str(job.job_id) for job in info.job_info or [] if job.job_id)
+        return FlareSystemSnapshot(server_started_at=started_at, running_job_ids=job_ids)
+
     def close(self) -> None:
         """Close the FLARE session, if one is open."""
         session, self._session = self._session, None
         if session is None:
             return
         try:
-            with _flare_output_to_log():
+            with flare_output_to_log():
                 session.close()
         except Exception as exc:  # noqa: BLE001  # closing a broken session may fail in any way; it is dropped anyway
             logger.warning("closing the FLARE session failed: %s: %s", type(exc).__name__, exc)

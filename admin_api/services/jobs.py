@@ -8,12 +8,12 @@ caller records it in the audit event.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, String, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from admin_api.core.chain import format_timestamp
@@ -37,6 +37,7 @@ __all__ = [
     "get_job_detail",
     "list_jobs",
     "merge_job_sites",
+    "org_jobs_condition",
     "require_job",
     "utc_now",
 ]
@@ -181,12 +182,27 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def org_jobs_condition(org: str, org_sites: Collection[str]) -> ColumnElement[bool]:
+    """Return the SQL condition of jobs that concern ``org``: submitted by it or deployed to one of its sites.
+
+    ``sites`` is a JSON list, matched as text (``"hospital-a"`` with its quotes) so the same SQL runs on SQLite and
+    PostgreSQL; site names contain no quotes.
+    """
+    conditions = [Job.submitter_org == org, Job.requested_by_org == org]
+    sites_text = cast(Job.sites, String)
+    for site in sorted(org_sites):
+        conditions.append(sites_text.like(f'%"{_escape_like(site)}"%', escape="\\"))
+    return or_(*conditions)
+
+
 def list_jobs(
     session: Session,
     *,
     status: str | None = None,
     submitter: str | None = None,
     name: str | None = None,
+    org: str | None = None,
+    org_sites: Collection[str] = (),
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Job], int]:
@@ -197,10 +213,14 @@ def list_jobs(
         status: Exact FLARE status, or ``FINISHED`` for every final status.
         submitter: Exact submitter name.
         name: Case-insensitive substring of the job name.
+        org: Only jobs that concern this org (see ``org_jobs_condition``); all jobs when None.
+        org_sites: The sites of ``org``.
         limit: Page size.
         offset: Jobs to skip.
     """
     statement = select(Job)
+    if org is not None:
+        statement = statement.where(org_jobs_condition(org, org_sites))
     if status == FINISHED_FILTER:
         statement = statement.where(Job.status.like("FINISHED%"))
     elif status is not None:

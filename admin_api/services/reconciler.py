@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -235,6 +235,8 @@ class ReconcilerLoop:
         source: FLARE job source; closed on stop when it has a ``close()`` method.
         interval_s: Seconds between passes.
         on_pass: Called with the result of each successful pass (used by tests).
+        steps: Run after each successful pass, each with its own write session, in order (console audit
+            ingestion, stuck-job detection). A failing step is logged and does not fail the pass.
     """
 
     def __init__(
@@ -244,11 +246,13 @@ class ReconcilerLoop:
         *,
         interval_s: float,
         on_pass: Callable[[ReconcileResult], None] | None = None,
+        steps: Sequence[tuple[str, Callable[[Session], object]]] = (),
     ) -> None:
         self.database = database
         self.source = source
         self.interval_s = interval_s
         self.on_pass = on_pass
+        self.steps = tuple(steps)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="consortia-reconciler", daemon=True)
 
@@ -271,7 +275,17 @@ class ReconcilerLoop:
 
     def _run_pass(self) -> ReconcileResult:
         with self.database.write_session() as session:
-            return reconcile_once(session, self.source)
+            result = reconcile_once(session, self.source)
+        for name, step in self.steps:
+            try:
+                with self.database.write_session() as session:
+                    step(session)
+            except (FlareSourceError, SQLAlchemyError, AuditChainError, OSError) as exc:
+                logger.error("reconciler step %s failed, retrying next pass: %s", name, exc)
+            except Exception:
+                # A bug in one step must not stop the job records from being kept up to date.
+                logger.exception("reconciler step %s failed unexpectedly, retrying next pass", name)
+        return result
 
     def _run(self) -> None:
         delay = self.interval_s

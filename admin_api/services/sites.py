@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from admin_api.models import Site, SiteStatus
@@ -44,6 +45,13 @@ def set_site_status(site: Site, status: SiteStatus, *, at: datetime) -> bool:
     return True
 
 
-def list_sites(session: Session) -> list[Site]:
-    """Return every recorded site, by name."""
-    return list(session.scalars(select(Site).order_by(Site.name)))
+def list_sites(session: Session, *, org: str | None = None, org_sites: Collection[str] = ()) -> list[Site]:
+    """Return recorded sites by name: all of them, or those of ``org`` when given.
+
+    A site belongs to ``org`` when an event reported that org for it or when ``org_sites`` (from the consortium
+    file) names it.
+    """
+    statement = select(Site).order_by(Site.name)
+    if org is not None:
+        statement = statement.where(or_(Site.org == org, Site.name.in_(sorted(org_sites))))
+    return list(session.scalars(statement))
