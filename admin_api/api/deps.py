@@ -1,4 +1,8 @@
-"""Annotated dependency aliases for routes."""
+"""Annotated dependency aliases for routes.
+
+Each ``...Dep`` alias that yields a ``Principal`` authenticates the request and requires one scope of the role matrix
+in ``admin_api.api.auth``; routes never decide access themselves.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,26 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from admin_api.api.auth import Principal, Scope, require_scope
+from admin_api.api.auth import Principal, Scope, current_principal, require_scope
 from admin_api.db import Database
+from admin_api.services.flare_actions import FlareActions
 from admin_api.settings import Settings
 
-__all__ = ["DatabaseDep", "EventWriterDep", "ReaderDep", "SessionDep", "SettingsDep", "WriteSessionDep"]
+__all__ = [
+    "AbortJobsDep",
+    "AuditReaderDep",
+    "AuthenticatedDep",
+    "DatabaseDep",
+    "EventWriterDep",
+    "FlareActionsDep",
+    "ReaderDep",
+    "ReportReaderDep",
+    "SessionDep",
+    "SettingsDep",
+    "SubmitJobsDep",
+    "UserReaderDep",
+    "WriteSessionDep",
+]
 
 
 def get_settings(request: Request) -> Settings:
@@ -41,5 +60,19 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteSessionDep = Annotated[Session, Depends(get_write_session)]
+AuthenticatedDep = Annotated[Principal, Depends(current_principal)]
 EventWriterDep = Annotated[Principal, Depends(require_scope(Scope.EVENTS_WRITE))]
 ReaderDep = Annotated[Principal, Depends(require_scope(Scope.READ))]
+AuditReaderDep = Annotated[Principal, Depends(require_scope(Scope.AUDIT_READ))]
+ReportReaderDep = Annotated[Principal, Depends(require_scope(Scope.REPORTS_READ))]
+UserReaderDep = Annotated[Principal, Depends(require_scope(Scope.USERS_READ))]
+SubmitJobsDep = Annotated[Principal, Depends(require_scope(Scope.JOBS_SUBMIT))]
+AbortJobsDep = Annotated[Principal, Depends(require_scope(Scope.JOBS_ABORT))]
+
+
+def get_flare_actions(request: Request) -> FlareActions | None:
+    """Return the app's FLARE connection for submissions and aborts, or None when no admin kit is configured."""
+    return getattr(request.app.state, "flare_actions", None)
+
+
+FlareActionsDep = Annotated[FlareActions | None, Depends(get_flare_actions)]

@@ -20,6 +20,9 @@ from admin_api.errors import (
     AdminApiError,
     AuthenticationError,
     EventConflictError,
+    FlareActionError,
+    InvalidJobRequestError,
+    JobStateConflictError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -37,6 +40,9 @@ _ERROR_STATUS: tuple[tuple[type[AdminApiError], HTTPStatus, str], ...] = (
     (PermissionDeniedError, HTTPStatus.FORBIDDEN, "forbidden"),
     (NotFoundError, HTTPStatus.NOT_FOUND, "not-found"),
     (EventConflictError, HTTPStatus.CONFLICT, "event-conflict"),
+    (JobStateConflictError, HTTPStatus.CONFLICT, "job-state-conflict"),
+    (InvalidJobRequestError, HTTPStatus.UNPROCESSABLE_ENTITY, "invalid-job-request"),
+    (FlareActionError, HTTPStatus.BAD_GATEWAY, "flare-action-failed"),
 )
 
 

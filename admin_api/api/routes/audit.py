@@ -1,17 +1,39 @@
-"""Audit chain routes."""
+"""Audit chain routes: list events and verify the chain."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from admin_api.api.deps import ReaderDep, SessionDep
-from admin_api.schemas.audit import ChainVerificationPublic
-from admin_api.services.audit import verify_chain
+from fastapi import APIRouter, Query
+
+from admin_api.api.deps import AuditReaderDep, SessionDep
+from admin_api.schemas.audit import AuditEventPublic, AuditEventsPublic, ChainVerificationPublic
+from admin_api.services.audit import query_audit_events, verify_chain
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
+MAX_OFFSET = 2**63 - 1
+"""Largest offset a 64-bit database integer holds; a larger one would fail in the database driver."""
+
 
 @router.get("/verify")
-def read_chain_verification(session: SessionDep, _principal: ReaderDep) -> ChainVerificationPublic:
+def read_chain_verification(session: SessionDep, _principal: AuditReaderDep) -> ChainVerificationPublic:
     """Walk the whole audit chain; ``ok`` is False and ``first_bad_seq`` is set when an event was altered."""
     return ChainVerificationPublic.model_validate(verify_chain(session))
+
+
+@router.get("/events")
+def read_audit_events(
+    session: SessionDep,
+    _principal: AuditReaderDep,
+    action: Annotated[str | None, Query(max_length=64, description="Exact action, e.g. console.command.")] = None,
+    actor: Annotated[str | None, Query(max_length=255)] = None,
+    target: Annotated[str | None, Query(max_length=255, description="Exact target, e.g. job:<id>.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> AuditEventsPublic:
+    """List audit events in chain order."""
+    events, count = query_audit_events(session, action=action, actor=actor, target=target, limit=limit, offset=offset)
+    return AuditEventsPublic(
+        data=[AuditEventPublic.model_validate(event) for event in events], count=count, limit=limit, offset=offset
+    )
