@@ -13,6 +13,7 @@ from rich.table import Table
 from consortia import federation
 from consortia.cli_audit import audit_app, report_app
 from consortia.cli_kit import kit_app, site_app
+from consortia.cli_users import users_app
 from provisioning.schema import ConsortiumFileError
 from provisioning.workspace import Workspace, WorkspaceError
 
@@ -21,6 +22,7 @@ app.add_typer(kit_app, name="kit")
 app.add_typer(site_app, name="site")
 app.add_typer(audit_app, name="audit")
 app.add_typer(report_app, name="report")
+app.add_typer(users_app, name="users")
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)
 
