@@ -124,6 +124,49 @@ def _check_envelope(value: Any) -> Any:
     return value
 
 
+_EXAMPLE_ENVELOPE: dict[str, Any] = {
+    "schema_version": 1,
+    "event_id": "5b0f3c3e-9d1a-4f3e-8a4b-2f1d6c7e8a90",
+    "occurred_at": "2026-12-04T19:14:21Z",
+    "job_id": "4f1c2a9e-0b7d-4c55-9e1a-3d2b6f8e7c10",
+    "site": None,
+    "round": None,
+    "actor": None,
+}
+_EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
+    "job.submitted": {"name": "fedavg_clinical", "submitter": "lead@hospital-a.org", "submitter_org": "hospital_a",
+                      "submitter_role": "lead"},
+    "job.started": {"sites": ["hospital-a", "hospital-b"], "name": "fedavg_clinical", "num_rounds": 5},
+    "round.started": {"num_rounds": 5, "sites": ["hospital-a", "hospital-b"]},
+    "contribution.accepted": {"num_examples": 1523, "metrics": {"loss": 0.41, "roc_auc": 0.83}},
+    "contribution.rejected": {"reason_code": "non_finite", "reason": "update of layer fc1.weight contains NaN"},
+    "round.completed": {"num_accepted": 2, "num_rejected": 0, "global_metrics": {"loss": 0.38, "roc_auc": 0.84},
+                        "site_metrics": {"hospital-a": {"roc_auc": 0.85}}},
+    "job.finished": {"status": "FINISHED:COMPLETED"},
+    "site.joined": {"org": "hospital_a"},
+    "site.left": {},
+    "privacy.spent": {"epsilon": 1.2, "delta": 1e-05, "mechanism": "dp-fedavg", "noise_multiplier": 1.1},
+    "kit.issued": {"participant": "hospital-a", "role": "site", "certificate_fingerprint": "SHA256:3A:9F:...:C4",
+                   "expires_at": "2027-11-29T19:14:21Z"},
+}  # fmt: skip
+_EXAMPLE_CONTEXT: dict[str, dict[str, Any]] = {
+    "round.started": {"round": 0},
+    "contribution.accepted": {"site": "hospital-a", "round": 0},
+    "contribution.rejected": {"site": "hospital-b", "round": 0},
+    "round.completed": {"round": 0},
+    "site.joined": {"job_id": None, "site": "hospital-a"},
+    "site.left": {"job_id": None, "site": "hospital-a"},
+    "kit.issued": {"job_id": None, "site": "hospital-a", "actor": "admin@hq.org"},
+}
+
+
+def _example_config(event_type: str) -> ConfigDict:
+    """Return the model config that adds an OpenAPI example of ``event_type`` to its event model."""
+    example = {**_EXAMPLE_ENVELOPE, "type": event_type, **_EXAMPLE_CONTEXT.get(event_type, {}),
+               "payload": _EXAMPLE_PAYLOADS[event_type]}  # fmt: skip
+    return ConfigDict(json_schema_extra={"examples": [example]})
+
+
 class _Payload(BaseModel):
     """Base of the payload models: unknown fields are kept and stored in the audit event."""
 
@@ -175,6 +218,8 @@ class JobSubmittedPayload(_Payload):
 class JobSubmittedEvent(EventBase):
     """A job was submitted to the FLARE server."""
 
+    model_config = _example_config("job.submitted")
+
     type: Literal["job.submitted"]
     payload: JobSubmittedPayload
 
@@ -193,6 +238,8 @@ class JobStartedPayload(_Payload):
 class JobStartedEvent(EventBase):
     """The server started running a job."""
 
+    model_config = _example_config("job.started")
+
     type: Literal["job.started"]
     payload: JobStartedPayload
 
@@ -206,6 +253,8 @@ class RoundStartedEvent(EventBase):
     """The server sent a round's task to ``payload.sites``."""
 
     requires_round = True
+
+    model_config = _example_config("round.started")
 
     type: Literal["round.started"]
     payload: RoundStartedPayload
@@ -222,6 +271,8 @@ class ContributionAcceptedEvent(EventBase):
     requires_site = True
     requires_round = True
 
+    model_config = _example_config("contribution.accepted")
+
     type: Literal["contribution.accepted"]
     payload: ContributionAcceptedPayload
 
@@ -236,6 +287,8 @@ class ContributionRejectedEvent(EventBase):
 
     requires_site = True
     requires_round = True
+
+    model_config = _example_config("contribution.rejected")
 
     type: Literal["contribution.rejected"]
     payload: ContributionRejectedPayload
@@ -252,6 +305,8 @@ class RoundCompletedEvent(EventBase):
     """The server finished aggregating a round."""
 
     requires_round = True
+
+    model_config = _example_config("round.completed")
 
     type: Literal["round.completed"]
     payload: RoundCompletedPayload
@@ -271,6 +326,8 @@ class JobFinishedPayload(_Payload):
 class JobFinishedEvent(EventBase):
     """A job reached a final status."""
 
+    model_config = _example_config("job.finished")
+
     type: Literal["job.finished"]
     payload: JobFinishedPayload
 
@@ -284,6 +341,8 @@ class SiteJoinedEvent(EventBase):
 
     requires_job = False
     requires_site = True
+
+    model_config = _example_config("site.joined")
 
     type: Literal["site.joined"]
     payload: SiteJoinedPayload = Field(default_factory=SiteJoinedPayload)
@@ -299,6 +358,8 @@ class SiteLeftEvent(EventBase):
     requires_job = False
     requires_site = True
 
+    model_config = _example_config("site.left")
+
     type: Literal["site.left"]
     payload: SiteLeftPayload = Field(default_factory=SiteLeftPayload)
 
@@ -310,6 +371,8 @@ class PrivacySpentPayload(_Payload):
 
 class PrivacySpentEvent(EventBase):
     """Differential-privacy budget spent by a job, at a site when ``site`` is set."""
+
+    model_config = _example_config("privacy.spent")
 
     type: Literal["privacy.spent"]
     payload: PrivacySpentPayload
@@ -326,6 +389,8 @@ class KitIssuedEvent(EventBase):
     """A startup kit was built for a participant (``site`` is set for site kits)."""
 
     requires_job = False
+
+    model_config = _example_config("kit.issued")
 
     type: Literal["kit.issued"]
     payload: KitIssuedPayload
@@ -357,6 +422,12 @@ EVENT_MODELS: dict[str, type[EventBase]] = {
 class EventReceiptPublic(BaseModel):
     """Outcome of ingesting one event."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"event_id": "5b0f3c3e-9d1a-4f3e-8a4b-2f1d6c7e8a90", "duplicate": False, "audit_seq": 42}]
+        }
+    )
+
     event_id: UUID
     duplicate: bool = Field(description="True when this event_id was already ingested; nothing was written.")
     audit_seq: int = Field(description="seq of the audit event that records this event.")
@@ -364,6 +435,20 @@ class EventReceiptPublic(BaseModel):
 
 class EventBatchReceiptPublic(BaseModel):
     """Outcome of ingesting a batch of events, in the order they were sent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {"event_id": "5b0f3c3e-9d1a-4f3e-8a4b-2f1d6c7e8a90", "duplicate": False, "audit_seq": 42}
+                    ],
+                    "num_created": 1,
+                    "num_duplicates": 0,
+                }
+            ]
+        }
+    )
 
     results: list[EventReceiptPublic]
     num_created: int

@@ -8,11 +8,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["SitePublic", "SitesPublic"]
 
+_SITE_EXAMPLE = {
+    "name": "hospital-a",
+    "org": "hospital_a",
+    "status": "online",
+    "first_seen": "2026-12-04T18:02:11Z",
+    "last_seen": "2026-12-04T19:14:21Z",
+}
+
 
 class SitePublic(BaseModel):
     """A site some event named."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_SITE_EXAMPLE]})
 
     name: str
     org: str | None
@@ -23,6 +31,8 @@ class SitePublic(BaseModel):
 
 class SitesPublic(BaseModel):
     """Every recorded site, by name."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [_SITE_EXAMPLE], "count": 1}]})
 
     data: list[SitePublic]
     count: int

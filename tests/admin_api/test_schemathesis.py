@@ -129,3 +129,21 @@ def test_event_body_schema_valid(client: TestClient) -> None:
     body = client.get("/openapi.json").json()["paths"]["/api/v1/events"]["post"]["requestBody"]
     schema = body["content"]["application/json"]["schema"]
     assert schema == {"$ref": "#/components/schemas/EventCreateBody"}
+
+
+def test_openapi_examples_valid(client: TestClient) -> None:
+    """Every example the OpenAPI document shows for a component validates against that component's model."""
+    from admin_api.schemas.events import EVENT_MODELS, EventBatchReceiptPublic, EventReceiptPublic
+    from admin_api.schemas.reports import SignatureStatementPublic
+    from admin_api.schemas.sites import SitePublic, SitesPublic
+
+    models = {model.__name__: model for model in EVENT_MODELS.values()}
+    for model in (EventBatchReceiptPublic, EventReceiptPublic, SignatureStatementPublic, SitePublic, SitesPublic):
+        models[model.__name__] = model
+    components = client.get("/openapi.json").json()["components"]["schemas"]
+    checked = []
+    for name, model in models.items():
+        for example in components.get(name, model.model_json_schema()).get("examples", []):
+            model.model_validate(example)
+            checked.append(name)
+    assert set(checked) == set(models)
