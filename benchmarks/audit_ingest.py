@@ -157,7 +157,8 @@ def admin_service(url: str, key_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"admin service exited with {process.returncode}: {process.stderr.read()!r}")
+                stderr = process.stderr.read() if process.stderr is not None else b""
+                raise RuntimeError(f"admin service exited with {process.returncode}: {stderr!r}")
             try:
                 if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -47,7 +47,7 @@ def report_main() -> None:
     """Check signed reports of the admin service."""
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"FAILED: {message}")
     raise typer.Exit(code=code)
 
@@ -149,7 +149,6 @@ def _public_key_pem(public_key: Path | None, url: str | None) -> bytes:
             _fail(f"cannot download the public key from {endpoint}: {exc}", code=2)
         return response.content
     _fail("no public key given; pass --public-key FILE.pem or --url http://HOST:PORT of the admin service", code=2)
-    raise AssertionError("unreachable")
 
 
 def _load_json(path: Path) -> Any:
@@ -197,7 +196,6 @@ def report_verify(
         statement = _verify_file(file, signature, pem)
     except SignatureVerificationError as exc:
         _fail(f"{file}: {exc}")
-        return
     console.print(f"OK: {file} is signed by key {statement.key_id}")
     console.print(f"  sha256 {statement.sha256}, signed at {statement.signed_at}")
     console.print(f"  audit chain head: seq {statement.chain_head_seq}, hash {statement.chain_head_hash}")

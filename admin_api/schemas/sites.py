@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["SitePublic", "SitesPublic"]
 
-_SITE_EXAMPLE = {
+_SITE_EXAMPLE: dict[str, Any] = {
     "name": "hospital-a",
     "org": "hospital_a",
     "status": "online",
