@@ -44,20 +44,20 @@ _TABLE_STYLE = TableStyle(
 )
 _PAGE_WIDTH = A4[0] - 3 * cm
 MAX_TIMELINE_ROWS = 2000
-"""Audit events listed in a job report's timeline; longer jobs list the first ones and say how many were left out."""
+"""Maximum audit events in a job report's timeline. A longer job lists the first ones and a count of the rest."""
 
 
 def _text(value: Any, style: ParagraphStyle = _CELL) -> Paragraph:
     """Wrap a value in a table cell; text is escaped because Paragraph parses markup."""
     if value is None:
-        shown = "-"
+        display = "-"
     elif isinstance(value, datetime):
-        shown = format_timestamp(value)
+        display = format_timestamp(value)
     elif isinstance(value, float):
-        shown = f"{value:.4g}"
+        display = f"{value:.4g}"
     else:
-        shown = str(value)
-    return Paragraph(escape(shown), style)
+        display = str(value)
+    return Paragraph(escape(display), style)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], widths: Sequence[float] | None = None) -> Table:

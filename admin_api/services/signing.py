@@ -1,8 +1,8 @@
 """Ed25519 signatures of reports by the service key, and their offline verification.
 
-Every signature is a *signature statement*: a JSON object that names the signed content by its SHA-256 digest, pins
-the audit chain head the report was built from, and carries an Ed25519 signature over the canonical JSON of all its
-other fields (``admin_api.core.chain.canonical_json``)::
+Every signature is a *signature statement*, a JSON object. It names the signed content by its SHA-256 digest and pins
+the audit chain head the report was built from. Its ``signature`` field is an Ed25519 signature over the canonical
+JSON of all its other fields (``admin_api.core.chain.canonical_json``)::
 
     {"version": 1, "algorithm": "Ed25519", "key_id": "<sha256 hex of the DER public key>",
      "content_type": "text/csv", "file_name": "job-1-report.csv", "sha256": "<hex>",
@@ -192,7 +192,7 @@ def _load_key_file(path: Path) -> Ed25519PrivateKey:
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigurationError(
-            f"report signing key {path} holds a {type(key).__name__}, expected an Ed25519 key; "
+            f"report signing key {path} contains a {type(key).__name__}, expected an Ed25519 key; "
             "point CONSORTIA_REPORT_SIGNING_KEY at an Ed25519 PEM file"
         )
     return key
@@ -306,7 +306,7 @@ def verify_statement(statement: SignatureStatement, public_key: Ed25519PublicKey
     """Check that ``statement`` is signed by ``public_key`` and names content with the digest ``sha256``.
 
     Raises:
-        SignatureVerificationError: The key id, the digest or the signature does not match; the message says which.
+        SignatureVerificationError: The key id, the digest or the signature does not match; the message names which.
     """
     expected_key_id = key_id_of(public_key)
     if statement.key_id != expected_key_id:
