@@ -81,7 +81,7 @@ def _heading(text: str) -> Paragraph:
 def render_training_curve_png(
     rounds: Sequence[int], roc_auc: Sequence[float | None], loss: Sequence[float | None]
 ) -> bytes:
-    """Plot the global ROC AUC and loss by round side by side; a missing value leaves a gap in its line."""
+    """Plot the global ROC AUC and loss by round side by side; a round without a value has no point."""
     figure = Figure(figsize=(7.5, 2.6), dpi=150)
     FigureCanvasAgg(figure)
     for index, (values, label, color) in enumerate(((roc_auc, "ROC AUC", "#1f77b4"), (loss, "loss", "#d62728"))):
