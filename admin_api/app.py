@@ -41,7 +41,9 @@ def _server_audit_log(settings: Settings) -> Path | None:
         state = json.loads(state_file.read_text(encoding="utf-8"))
         return Path(state["kits_dir"]) / state["server_name"] / "audit.log"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("console audit ingestion disabled: cannot read kits_dir and server_name from %s: %s", state_file, exc)
+        logger.warning(
+            "console audit ingestion disabled: cannot read kits_dir and server_name from %s: %s", state_file, exc
+        )
         return None
 
 

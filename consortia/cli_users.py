@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session
 
 from admin_api.db import Database
 from admin_api.errors import AdminApiError
-from admin_api.services.tokens import DEFAULT_EXPIRES_IN_DAYS, MAX_EXPIRES_IN_DAYS, issue_token, list_tokens, revoke_token
+from admin_api.services.tokens import (
+    DEFAULT_EXPIRES_IN_DAYS,
+    MAX_EXPIRES_IN_DAYS,
+    issue_token,
+    list_tokens,
+    revoke_token,
+)
 from admin_api.services.users import list_users, load_directory, sync_users
 from provisioning.workspace import Workspace
 
@@ -81,7 +87,11 @@ def list_command(workspace: WorkspaceOption = Path("workspace")) -> None:
             for token in tokens:
                 state = "revoked" if token.revoked_at else ("expired" if token.expires_at <= now else "active")
                 token_table.add_row(
-                    token.token_id, token.user.name, f"{token.created_at:%Y-%m-%d}", f"{token.expires_at:%Y-%m-%d}", state
+                    token.token_id,
+                    token.user.name,
+                    f"{token.created_at:%Y-%m-%d}",
+                    f"{token.expires_at:%Y-%m-%d}",
+                    state,
                 )
     except AdminApiError as exc:
         _fail(str(exc))

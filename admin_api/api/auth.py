@@ -124,7 +124,9 @@ class Principal:
     token_id: str | None = None
 
 
-EVENT_FORWARDER = Principal(name="event-forwarder", scopes=frozenset({Scope.EVENTS_WRITE}), kind=PrincipalKind.FORWARDER)
+EVENT_FORWARDER = Principal(
+    name="event-forwarder", scopes=frozenset({Scope.EVENTS_WRITE}), kind=PrincipalKind.FORWARDER
+)
 API_CLIENT = Principal(name="api-client", scopes=ROLE_SCOPES[Role.PROJECT_ADMIN], role=Role.PROJECT_ADMIN)
 """Principal of ``CONSORTIA_API_TOKEN``: a bootstrap service token with the ``project_admin`` role."""
 
@@ -298,7 +300,9 @@ def visible_org(principal: Principal) -> str | None:
     return principal.org if principal.role == Role.ORG_ADMIN else None
 
 
-def can_read_job(principal: Principal, *, submitter_org: str | None, requested_by_org: str | None, sites: list[str]) -> bool:
+def can_read_job(
+    principal: Principal, *, submitter_org: str | None, requested_by_org: str | None, sites: list[str]
+) -> bool:
     """Return whether a principal may see a job.
 
     An org admin sees jobs submitted by its org (through FLARE or through this API) or deployed to its sites.

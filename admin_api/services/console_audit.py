@@ -179,7 +179,9 @@ class ConsoleAuditIngester:
             cursor = LogCursor(name=CURSOR_NAME, path=str(self.path), offset=0, updated_at=self.now())
             session.add(cursor)
         if cursor.path != str(self.path):
-            logger.warning("FLARE audit log moved from %s to %s; reading the new file from its start", cursor.path, self.path)
+            logger.warning(
+                "FLARE audit log moved from %s to %s; reading the new file from its start", cursor.path, self.path
+            )
             cursor.path, cursor.offset, cursor.inode, cursor.head_sha256 = str(self.path), 0, None, None
         return cursor
 
@@ -227,7 +229,9 @@ class ConsoleAuditIngester:
         )
         for job_id in candidates:
             already_matched = session.scalar(
-                select(AuditEvent.seq).where(AuditEvent.target == job_target(job_id), AuditEvent.action == "console.command")
+                select(AuditEvent.seq).where(
+                    AuditEvent.target == job_target(job_id), AuditEvent.action == "console.command"
+                )
             )
             if already_matched is None:
                 return job_id

@@ -152,9 +152,7 @@ def _record_submitted(session: Session, job_id: str, request: JobSubmitCreate, r
     return job
 
 
-def submit_job(
-    session: Session, actions: FlareActions | None, request: JobSubmitCreate, requester: Requester
-) -> Job:
+def submit_job(session: Session, actions: FlareActions | None, request: JobSubmitCreate, requester: Requester) -> Job:
     """Submit a job folder from ``jobs/`` to FLARE for a user, and record the job and the request.
 
     The request is audited as ``job.submit_requested`` whether FLARE accepts it or not.
@@ -197,7 +195,11 @@ def submit_job(
         role=requester.role,
         action="job.submit_requested",
         target=job_target(job_id) if job_id is not None else f"job-definition:{request.job}",
-        details={**details, "outcome": "submitted" if error is None else "failed", "error": str(error) if error else None},
+        details={
+            **details,
+            "outcome": "submitted" if error is None else "failed",
+            "error": str(error) if error else None,
+        },
     )
     session.commit()
     if error is not None or job is None:
@@ -269,4 +271,3 @@ def abort_job(session: Session, actions: FlareActions | None, job: Job, requeste
         raise error
     logger.info("abort of job %s sent for %s", job_id, requester.name, extra={"job_id": job_id})
     return message or ""
-

@@ -92,9 +92,7 @@ class StuckJobDetector:
                 self._missing_since.pop(job_id, None)
         return abandoned
 
-    def _reason(
-        self, job: Job, snapshot: FlareSystemSnapshot, missing_since: datetime, now: datetime
-    ) -> str | None:
+    def _reason(self, job: Job, snapshot: FlareSystemSnapshot, missing_since: datetime, now: datetime) -> str | None:
         server_start = snapshot.server_started_at
         if server_start is not None and job.started_at is not None and job.started_at < server_start:
             return (

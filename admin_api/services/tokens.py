@@ -80,7 +80,9 @@ def issue_token(
     lock_chain(session)
     user = require_user(session, user_name)
     if not user.active:
-        raise ValueError(f"user {user_name!r} is no longer in the consortium file; add them back before issuing a token")
+        raise ValueError(
+            f"user {user_name!r} is no longer in the consortium file; add them back before issuing a token"
+        )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = utc_now()
     record = ApiToken(
@@ -149,7 +151,9 @@ def authenticate_user_token(session: Session, presented: str, *, now: datetime) 
         )
     record = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _digest(presented)))
     if record is None:
-        raise AuthenticationError(f"unknown bearer token; it was never issued here or its database was reset; {_ISSUE_HINT}")
+        raise AuthenticationError(
+            f"unknown bearer token; it was never issued here or its database was reset; {_ISSUE_HINT}"
+        )
     if record.revoked_at is not None:
         raise AuthenticationError(
             f"bearer token {record.token_id} was revoked at {format_timestamp(record.revoked_at)}; {_ISSUE_HINT}"
@@ -165,4 +169,3 @@ def authenticate_user_token(session: Session, presented: str, *, now: datetime) 
             "ask a project admin to add the user back"
         )
     return user, record
-

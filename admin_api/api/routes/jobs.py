@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
 from admin_api.api.auth import Principal, authorize_abort, can_read_job, client_address, visible_org
 from admin_api.api.deps import (
@@ -24,7 +25,6 @@ from admin_api.schemas.jobs import JobDetailPublic, JobPublic, JobsPublic, JobSt
 from admin_api.services.flare_actions import Requester, abort_job, record_denied_abort, submit_job
 from admin_api.services.jobs import get_job_detail, list_jobs, require_job
 from admin_api.services.reports import build_job_report, render_report_csv, render_report_json
-from sqlalchemy.orm import Session
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
