@@ -120,7 +120,9 @@ def test_org_admin_sees_own_org(role_client: TestClient, tokens: dict[str, str])
 
 @pytest.mark.usefixtures("two_jobs")
 def test_denied_request_audited(role_client: TestClient, tokens: dict[str, str]) -> None:
-    response = role_client.post("/api/v1/jobs", json=SUBMIT_BODY, headers={"Authorization": f"Bearer {tokens['member']}"})
+    response = role_client.post(
+        "/api/v1/jobs", json=SUBMIT_BODY, headers={"Authorization": f"Bearer {tokens['member']}"}
+    )
     assert response.status_code == 403
     assert "jobs:submit" in response.json()["detail"]
     assert "docs/roles.md" in response.json()["detail"]

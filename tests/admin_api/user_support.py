@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -54,6 +56,7 @@ class FakeFlareActions:
 
     def __init__(self) -> None:
         self.submitted: list[Path] = []
+        self.server_configs: list[dict[str, Any]] = []
         self.aborted: list[str] = []
         self.error: Exception | None = None
 
@@ -61,6 +64,9 @@ class FakeFlareActions:
         if self.error is not None:
             raise self.error
         self.submitted.append(job_folder)
+        # The folder is a temporary copy, removed after submission, so its server config is kept here.
+        config = job_folder / "app" / "config" / "config_fed_server.json"
+        self.server_configs.append(json.loads(config.read_text(encoding="utf-8")))
         return str(uuid.uuid4())
 
     def abort_job(self, job_id: str) -> str:
