@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from admin_api.db import Database
 from admin_api.errors import AdminApiError
+from admin_api.models import ApiToken
 from admin_api.services.tokens import (
     DEFAULT_EXPIRES_IN_DAYS,
     MAX_EXPIRES_IN_DAYS,
@@ -68,6 +69,14 @@ def _synced_session(workspace: Path) -> Iterator[Session]:
         database.dispose()
 
 
+def _token_state(token: ApiToken, now: datetime) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at <= now:
+        return "expired"
+    return "active"
+
+
 @users_app.command("list")
 def list_command(workspace: WorkspaceOption = Path("workspace")) -> None:
     """List users with their roles, and every token with its state (never the token itself)."""
@@ -85,7 +94,7 @@ def list_command(workspace: WorkspaceOption = Path("workspace")) -> None:
                 token_table.add_column(column)
             now = datetime.now(UTC)
             for token in tokens:
-                state = "revoked" if token.revoked_at else ("expired" if token.expires_at <= now else "active")
+                state = _token_state(token, now)
                 token_table.add_row(
                     token.token_id,
                     token.user.name,

@@ -105,7 +105,7 @@ class FlareApiActions:
 
 @dataclass(frozen=True, slots=True)
 class Requester:
-    """Who asked the admin API for an action, as the audit trail records it."""
+    """The user who requested an action from the admin API, as the audit trail records it."""
 
     name: str
     role: str | None
@@ -210,7 +210,7 @@ def submit_job(session: Session, actions: FlareActions | None, request: JobSubmi
 
 
 def record_denied_abort(session: Session, job: Job, requester: Requester, reason: str) -> None:
-    """Append an ``access.denied`` audit event for an abort the row rules refused, and commit it."""
+    """Append an ``access.denied`` audit event for an abort the row rules rejected, and commit it."""
     lock_chain(session)
     append_audit_event(
         session,
@@ -242,7 +242,7 @@ def abort_job(session: Session, actions: FlareActions | None, job: Job, requeste
         )
     flare = _require_actions(actions)
     job_id, status_before = job.job_id, job.status
-    # End the read transaction, so no database lock is held while FLARE answers.
+    # End the read transaction, so no database lock is held while FLARE responds.
     session.commit()
     message: str | None = None
     error: FlareActionError | None = None
