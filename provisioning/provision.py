@@ -8,6 +8,7 @@ free ports on 127.0.0.1.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ def free_port(host: str = "127.0.0.1", exclude: set[int] | None = None) -> int:
 def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
     """Raise ProvisioningError naming ``what`` when ``port`` is already in use on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers set SO_REUSEADDR, so a port whose old connections are in TIME_WAIT is free for them too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -138,7 +141,8 @@ def provision(
     Args:
         consortium_file: path of the consortium file.
         workspace_dir: workspace folder (created if missing).
-        force: replace an existing provisioned workspace (its root CA, kits and database are deleted).
+        force: replace an existing provisioned workspace; the old one is kept as ``<workspace>.previous`` (replacing
+            an older copy) and restored if provisioning fails.
         he: also create TenSEAL CKKS contexts for homomorphic-encryption jobs.
 
     Raises:
@@ -147,21 +151,44 @@ def provision(
     """
     consortium = load_consortium(consortium_file)
     workspace = Workspace(workspace_dir)
+    if workspace.exists() and not force:
+        raise ProvisioningError(
+            f"workspace {workspace.root} is already provisioned; use --force to replace it "
+            f"(the old workspace is kept as {_backup_path(workspace)} until the next --force)"
+        )
     if workspace.exists():
-        if not force:
-            raise ProvisioningError(
-                f"workspace {workspace.root} is already provisioned; use --force to replace it "
-                "(this deletes its root CA, kits and admin database)"
-            )
-        _clear_workspace(workspace)
-    workspace.root.mkdir(parents=True, exist_ok=True)
-    for folder in (workspace.logs_dir, workspace.reports_dir, workspace.home_dir, workspace.runtime_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        _check_not_running(workspace)
 
+    # Every check that can fail runs before the old workspace is touched.
     taken: set[int] = set()
     fed_learn_port = _resolve_port(consortium.server.fed_learn_port, "FLARE server (fed_learn_port)", taken)
     admin_port = _resolve_port(consortium.server.admin_port, "FLARE admin port", taken)
     api_port = _resolve_port(consortium.admin_service.port, "admin service", taken)
+
+    backup = _move_aside(workspace) if workspace.exists() else None
+    try:
+        state = _provision_into(consortium, consortium_file, workspace, fed_learn_port, admin_port, api_port, he)
+    except BaseException:
+        if backup is not None:
+            shutil.rmtree(workspace.root, ignore_errors=True)
+            os.replace(backup, workspace.root)
+            logger.error("provisioning failed; restored the previous workspace %s", workspace.root)
+        raise
+    return ProvisionResult(workspace=workspace, state=state)
+
+
+def _provision_into(
+    consortium: Consortium,
+    consortium_file: str | Path,
+    workspace: Workspace,
+    fed_learn_port: int,
+    admin_port: int,
+    api_port: int,
+    he: bool,
+) -> WorkspaceState:
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    for folder in (workspace.logs_dir, workspace.reports_dir, workspace.home_dir, workspace.runtime_dir):
+        folder.mkdir(parents=True, exist_ok=True)
 
     workspace.write_new_secret(workspace.event_token_file)
     workspace.write_new_secret(workspace.api_token_file)
@@ -197,7 +224,7 @@ def provision(
     )
     workspace.save(state)
     logger.info("provisioned project %s into %s", consortium.project, kits_dir)
-    return ProvisionResult(workspace=workspace, state=state)
+    return state
 
 
 def run_flare_provisioner(project_dict: dict[str, Any], workspace: Workspace) -> Path:
@@ -239,14 +266,23 @@ def _write_demo_data(consortium: Consortium, kits_dir: Path) -> None:
         logger.info("site %s: %s", site, info)
 
 
-def _clear_workspace(workspace: Workspace) -> None:
+def _backup_path(workspace: Workspace) -> Path:
+    return workspace.root.with_name(workspace.root.name + ".previous")
+
+
+def _check_not_running(workspace: Workspace) -> None:
     state = workspace.load()
     if any(process.is_alive() for process in state.processes):
         raise ProvisioningError(
             f"the federation in {workspace.root} is still running: run 'consortia down' before provisioning again"
         )
-    for child in workspace.root.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+
+
+def _move_aside(workspace: Workspace) -> Path:
+    """Move the old workspace to ``<workspace>.previous`` (replacing an older one) so nothing recorded is lost."""
+    backup = _backup_path(workspace)
+    if backup.exists():
+        shutil.rmtree(backup)
+    os.replace(workspace.root, backup)
+    logger.warning("kept the previous workspace as %s", backup)
+    return backup

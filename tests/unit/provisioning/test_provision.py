@@ -98,3 +98,25 @@ def test_port_in_use_is_named(tmp_path):
 
 def test_example_consortium_loads():
     assert load_consortium(EXAMPLE).project == "consortia_demo"
+
+
+def test_failed_force_keeps_workspace(tmp_path):
+    first = provision(small_consortium(tmp_path), tmp_path / "ws")
+    ca_state = sorted((first.workspace.provision_dir).rglob("cert.json"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ProvisioningError, match=f"port {port}"):
+            provision(small_consortium(tmp_path, fed_learn_port=port), tmp_path / "ws", force=True)
+    assert first.workspace.state_file.is_file()
+    assert sorted(first.workspace.provision_dir.rglob("cert.json")) == ca_state
+
+
+def test_force_keeps_previous_copy(tmp_path):
+    first = provision(small_consortium(tmp_path), tmp_path / "ws")
+    marker = first.workspace.reports_dir / "job-1.json"
+    marker.write_text("{}")
+    provision(small_consortium(tmp_path), tmp_path / "ws", force=True)
+    assert (tmp_path / "ws.previous" / "reports" / "job-1.json").is_file()
+    assert not marker.exists()
