@@ -71,11 +71,13 @@ def provision(
 @app.command()
 def up(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     """Start the admin service, the FLARE server and every site, and wait until all sites are registered."""
+    from provisioning.provision import ProvisioningError
+
     ws = Workspace(workspace)
     try:
         with console.status("Starting the federation") as status:
             state = federation.up(ws, progress=lambda message: status.update(message.capitalize()))
-    except _EXPECTED_ERRORS as exc:
+    except _EXPECTED_ERRORS + (ProvisioningError,) as exc:
         _fail(str(exc))
         return
     console.print(f"[green]Federation up[/]: sites {', '.join(state.sites)} registered.")
@@ -121,6 +123,12 @@ def status(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     missing = sorted(set(state.sites) - set(sites))
     if missing:
         console.print(f"[yellow]Not registered:[/] {', '.join(missing)}")
+    dead = sorted(r.name for r in state.processes if r.name in sites and not r.is_alive())
+    if dead:
+        console.print(
+            f"[yellow]Process ended but still registered:[/] {', '.join(dead)} "
+            "(the server drops a site after its heartbeat times out; restart it or run 'consortia down')"
+        )
     table = Table(title="Jobs")
     for column in ("job id", "name", "status", "submitted"):
         table.add_column(column)

@@ -150,7 +150,18 @@ class Workspace:
         """
         if not self.state_file.is_file():
             raise WorkspaceError(f"no provisioned workspace at {self.root}: run 'consortia provision' first")
-        return WorkspaceState.from_json(json.loads(self.state_file.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(self.state_file.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, found {type(data).__name__}")
+            return WorkspaceState.from_json(data)
+        except WorkspaceError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise WorkspaceError(
+                f"workspace state {self.state_file} is corrupt ({exc}); stop any processes listed in it, then run "
+                "'consortia provision --force' (the old workspace is kept as a .previous copy)"
+            ) from None
 
     def save(self, state: WorkspaceState) -> None:
         """Write ``state.json`` atomically so a crash never leaves half a file."""

@@ -75,3 +75,17 @@ def test_missing_site_named_with_log(tmp_path, monkeypatch):
 def test_up_refuses_unprovisioned_workspace(tmp_path):
     with pytest.raises(Exception, match="consortia provision"):
         federation.up(Workspace(tmp_path / "empty"))
+
+
+def test_corrupt_state_named(tmp_path):
+    (tmp_path / "state.json").write_text('{"version": 1, "project": ')
+    with pytest.raises(Exception) as excinfo:
+        Workspace(tmp_path).load()
+    assert "state.json is corrupt" in str(excinfo.value)
+    assert "provision --force" in str(excinfo.value)
+
+
+def test_state_missing_field_named(tmp_path):
+    (tmp_path / "state.json").write_text('{"version": 1, "project": "p"}')
+    with pytest.raises(Exception, match="is corrupt"):
+        Workspace(tmp_path).load()
