@@ -97,6 +97,7 @@ def run_demo(
         raise DemoError(f"a federation from {workspace.root} is still running: run 'consortia down' first")
 
     with console.status("Provisioning the consortium (root CA, CA-signed kits, site data)"):
+        # A previous demo's workspace (its audit database and reports) is kept as <workspace>.previous.
         result = provision(consortium_file, workspace_dir, force=True)
     state = result.state
     console.print(f"[green]Provisioned[/] {len(state.sites)} sites into {state.kits_dir}")
@@ -227,14 +228,16 @@ def _write_reports(admin: AdminClient, workspace: Workspace, job_id: str) -> dic
 def render_outcome(result: DemoResult, console: Console) -> None:
     """Print the global AUC by round, the comparison table and the report paths."""
     rounds = Table(title="Global model by round (mean over sites' held-out splits, weighted by size)")
-    for column in ("after round", "ROC AUC", "accuracy", "loss", "sites accepted"):
+    for column in ("after round", "ROC AUC", "accuracy", "loss", "sites aggregated"):
         rounds.add_column(column, justify="right")
-    for entry in sorted(result.rounds, key=lambda r: r["round"]):
-        metrics = entry.get("global_metrics") or {}
-        contributions = entry.get("contributions", [])
-        accepted = str(sum(1 for c in contributions if c["accepted"])) if contributions else "-"
-        # Round r's global metrics evaluate the model the sites received at round r, i.e. after r rounds.
-        label = "initial model" if entry["round"] == 0 else str(entry["round"])
+    by_round = {entry["round"]: entry for entry in result.rounds}
+    for round_number in sorted(by_round):
+        metrics = by_round[round_number].get("global_metrics") or {}
+        # Round r's global metrics evaluate the model the sites received at round r, i.e. the aggregate of the
+        # contributions of round r - 1.
+        previous = by_round.get(round_number - 1, {}).get("contributions", [])
+        accepted = str(sum(1 for c in previous if c["accepted"])) if round_number > 0 else "-"
+        label = "initial model" if round_number == 0 else str(round_number)
         rounds.add_row(
             label, _fmt(metrics.get("roc_auc")), _fmt(metrics.get("accuracy")), _fmt(metrics.get("loss")), accepted
         )
@@ -250,10 +253,13 @@ def render_outcome(result: DemoResult, console: Console) -> None:
     console.print(comparison)
     console.print(f"Job {result.job_id}: [bold]{result.status}[/]")
     console.print("Signed audit report:")
+    # Paths are printed unwrapped so they can be copied from a narrow terminal.
     for path in (result.report_pdf, result.report_json, result.report_csv, *result.report_signatures):
-        console.print(f"  {path}")
-    console.print(f"  public key: {result.public_key}")
-    console.print(f"Check it offline: consortia report verify {result.report_pdf} --public-key {result.public_key}")
+        console.print(f"  {path}", soft_wrap=True)
+    console.print(f"  public key: {result.public_key}", soft_wrap=True)
+    console.print(
+        f"Check it offline: consortia report verify {result.report_pdf} --public-key {result.public_key}", soft_wrap=True
+    )
 
 
 def _fmt(value: Any) -> str:

@@ -70,7 +70,7 @@ class ConsortiaFedAvg(ModelController):
         num_rounds: int = 5,
         min_sites: int | None = None,
         round_timeout: int = 600,
-        wait_time_after_min_received: int = 0,
+        wait_time_after_min_received: int = 10,
         max_update_norm: float | None = None,
         aggregation: dict[str, Any] | None = None,
         site_selection: dict[str, Any] | None = None,
@@ -108,6 +108,7 @@ class ConsortiaFedAvg(ModelController):
         self._bytes_uploaded = 0
         self._round = 0
         self._warned_no_spool = False
+        self._broadcast_started = time.monotonic()
 
     # ------------------------------------------------------------------ workflow
 
@@ -115,10 +116,10 @@ class ConsortiaFedAvg(ModelController):
         model = self.load_model()
         sites = self._connected_sites()
         if self.min_sites is not None and self.min_sites > len(sites):
-            self.system_panic(
+            self._stop_job(
                 f"min_sites={self.min_sites} but only {len(sites)} sites are connected ({sites}): lower min_sites "
                 "or wait until the missing sites register",
-                self.fl_ctx,
+                accepted=0,
             )
             return
         self.info(f"training {sites} for {self.num_rounds} rounds")
@@ -148,18 +149,16 @@ class ConsortiaFedAvg(ModelController):
         self._report_missing(targets)
         accepted = self.round_aggregator.count
         if accepted < required:
-            self._emit_round_completed(accepted)
-            self.system_panic(
+            self._stop_job(
                 f"round {current} received {accepted} valid contributions but min_sites={required}: stopping the "
                 "job instead of building a global model from too few sites; see the rejected contributions",
-                self.fl_ctx,
+                accepted=accepted,
             )
             return None
         try:
             params = self.round_aggregator.result(self._global_params)
         except CoreError as exc:
-            self._emit_round_completed(accepted)
-            self.system_panic(f"round {current} aggregation failed: {exc}", self.fl_ctx)
+            self._stop_job(f"round {current} aggregation failed: {exc}", accepted=accepted)
             return None
         self._emit_round_completed(accepted)
         return FLModel(params=params, params_type=model.params_type, current_round=current, total_rounds=self.num_rounds)
@@ -199,6 +198,7 @@ class ConsortiaFedAvg(ModelController):
         self._emit_round_completed(len(self._site_metrics))
 
     def _broadcast(self, task_name: str, model: FLModel, sites: list[str], required: int) -> None:
+        self._broadcast_started = time.monotonic()
         self.broadcast_model(
             task_name=task_name,
             data=model,
@@ -294,16 +294,31 @@ class ConsortiaFedAvg(ModelController):
         self._emit("contribution.rejected", site=site, payload={"reason_code": reason_code, "reason": reason})
 
     def _report_missing(self, sites: list[str]) -> None:
+        elapsed = time.monotonic() - self._broadcast_started
+        if self.round_timeout and elapsed >= self.round_timeout - 1:
+            reason = f"no result within round_timeout={self.round_timeout} s"
+        else:
+            reason = (
+                f"no result when the round closed {elapsed:.0f} s after it started: min_sites were reached and "
+                f"wait_time_after_min_received={self.wait_time_after_min_received} s passed"
+            )
         for site in sites:
             if site not in self._responded:
-                self._reject(site, "no_response", f"no result within round_timeout={self.round_timeout} s")
+                self._reject(site, "no_response", reason)
 
-    def _emit_round_completed(self, accepted: int) -> None:
+    def _stop_job(self, message: str, *, accepted: int) -> None:
+        """Record why the job stops in the round's event, then end the job through FLARE."""
+        self._emit_round_completed(accepted, failure_reason=message)
+        self.system_panic(message, self.fl_ctx)
+
+    def _emit_round_completed(self, accepted: int, failure_reason: str | None = None) -> None:
         global_metrics = weighted_site_mean(self._site_metrics, "global")
         self.info(f"round {self._round}: global metrics {global_metrics}")
+        extra = {"failure_reason": failure_reason} if failure_reason else {}
         self._emit(
             "round.completed",
             payload={
+                **extra,
                 "num_accepted": accepted,
                 "num_rejected": self._rejected,
                 "bytes_uploaded": self._bytes_uploaded,

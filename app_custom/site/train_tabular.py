@@ -27,7 +27,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from app_custom.core.losses import FocalLoss
 from app_custom.core.privacy.errors import InvalidPrivacySetting
-from app_custom.data.tabular import load_site_data
+from app_custom.data.tabular import DataError, load_site_data
 from app_custom.flare.dp_site import RoundRefused, SiteDPSGD, SiteDPSGDRunner
 from app_custom.models.mlp import TabularMLP
 from app_custom.site.training import LocalTrainingConfig, evaluate, load_numpy_params, train_local
@@ -110,6 +110,15 @@ def class_counts(labels: np.ndarray) -> list[int]:
     return np.bincount(labels.astype(int), minlength=2).tolist()
 
 
+def refuse_every_task(site: str, code: str, reason: str) -> None:
+    """Answer every task with a refusal, so the server records why this site cannot take part."""
+    logger.error("site %s cannot train: %s", site, reason)
+    while flare.is_running():
+        if flare.receive() is None:
+            break
+        flare.send(FLModel(metrics={}, meta={"refused": code, "reason": reason}))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     loss_fn = make_loss(args)
@@ -117,7 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     dp_runner = SiteDPSGDRunner(dp, job_id=flare.get_job_id()) if dp is not None else None
-    data = load_site_data(args.data_dir)
+    try:
+        data = load_site_data(args.data_dir)
+    except DataError as exc:
+        refuse_every_task(site, "site_data_invalid", str(exc))
+        return
     hidden = tuple(int(width) for width in args.hidden.split(",") if width)
     model = TabularMLP(num_features=data.num_features, hidden=hidden)
     logger.info("site %s loaded %d training and %d held-out rows", site, len(data.y_train), len(data.y_test))

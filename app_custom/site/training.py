@@ -92,7 +92,7 @@ def predict_scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Return the predicted probability of the positive class for each row."""
     model.eval()
     with torch.no_grad():
-        return torch.sigmoid(model(torch.from_numpy(x))).numpy()
+        return torch.sigmoid(model(torch.tensor(x, dtype=torch.float32))).numpy()
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float | None]:

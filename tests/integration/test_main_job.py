@@ -78,9 +78,9 @@ def test_audit_chain_valid(running_federation, completed_job):
 
 
 def test_site_failure_recorded_and_stops_job(running_federation, completed_job):
-    """A site without data fails its task: the round is rejected with a reason and the job does not complete."""
-    data = running_federation.workspace.kit_dir(running_federation.state, "hospital-b") / "data"
-    hidden = data.with_name("data-hidden")
+    """A site missing its training file refuses every task with the reason, and the job does not complete."""
+    data = running_federation.workspace.kit_dir(running_federation.state, "hospital-b") / "data" / "train.csv"
+    hidden = data.with_name("train.csv.hidden")
     shutil.move(data, hidden)
     try:
         job_id = running_federation.submit(num_rounds=2, round_timeout=60)
@@ -90,6 +90,9 @@ def test_site_failure_recorded_and_stops_job(running_federation, completed_job):
     assert job["status"] != "FINISHED:COMPLETED"
     history = [t["to_status"] for t in job["status_history"]]
     assert history[-1] == job["status"]
+    rejected = [c for r in job["rounds"] for c in r["contributions"] if not c["accepted"]]
+    assert any(c["site"] == "hospital-b" and c["reason_code"] == "site_data_invalid" for c in rejected), rejected
+    assert any("train.csv" in (c["reason"] or "") for c in rejected)
 
 
 def test_console_submission_recorded(running_federation, completed_job):
