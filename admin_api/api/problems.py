@@ -104,11 +104,27 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
         {"loc": [str(part) for part in error.get("loc", ())], "msg": error.get("msg", ""), "type": error.get("type")}
         for error in exc.errors()
     ]
+    errors = _errors_for_declared_event_type(errors, getattr(exc, "body", None))
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     detail = f"invalid request at {_describe_location(tuple(first['loc']))}: {first['msg']}"
     if len(errors) > 1:
         detail += f" (and {len(errors) - 1} more, listed in errors)"
     return problem_response(request, HTTPStatus.UNPROCESSABLE_ENTITY, detail, code="validation-error", errors=errors)
+
+
+def _errors_for_declared_event_type(errors: list[dict[str, Any]], body: Any) -> list[dict[str, Any]]:
+    """Keep only the errors of the event model the body's ``type`` names.
+
+    A discriminated union wrapped in a validator reports every member's errors; the caller only needs those of the
+    type it sent (for example ``payload.org`` too long), not that its type is not ``job.submitted``.
+    """
+    from admin_api.schemas.events import EVENT_MODELS
+
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str) or body["type"] not in EVENT_MODELS:
+        return errors
+    model_name = EVENT_MODELS[body["type"]].__name__
+    matching = [error for error in errors if any(model_name in part for part in error["loc"])]
+    return matching or errors
 
 
 async def _handle_http_error(request: Request, exc: Exception) -> JSONResponse:

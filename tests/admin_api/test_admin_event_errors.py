@@ -1,0 +1,23 @@
+"""A rejected event's problem detail names the field that is wrong for the type it declares."""
+
+import uuid
+from datetime import UTC, datetime
+
+
+def test_error_names_payload_field(client, event_headers):
+    event = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "type": "site.joined",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "job_id": None,
+        "site": "hospital-a",
+        "round": None,
+        "actor": None,
+        "payload": {"org": "x" * 300},
+    }
+    response = client.post("/api/v1/events", json=event, headers=event_headers)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "org" in detail
+    assert "job.submitted" not in detail
