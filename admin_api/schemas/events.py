@@ -77,7 +77,8 @@ SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,63}$")]
 # Strict numbers: a bool or a numeric string in a count or metric is a forwarder bug, not a value to coerce.
-Count = Annotated[StrictInt, Field(ge=0)]
+# The upper bound keeps every count inside PostgreSQL's BIGINT (2**63 - 1), so a bad value is a 422, not a 500.
+Count = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 MetricValue = StrictBool | StrictInt | FiniteFloat | None
 Metrics = dict[MetricName, MetricValue]

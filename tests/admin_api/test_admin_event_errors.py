@@ -21,3 +21,20 @@ def test_error_names_payload_field(client, event_headers):
     detail = response.json()["detail"]
     assert "org" in detail
     assert "job.submitted" not in detail
+
+
+def test_huge_round_rejected(client, event_headers):
+    event = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "type": "round.started",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "job_id": "j1",
+        "site": None,
+        "round": 10**30,
+        "actor": None,
+        "payload": {"num_rounds": 2, "sites": ["hospital-a"]},
+    }
+    response = client.post("/api/v1/events", json=event, headers=event_headers)
+    assert response.status_code == 422
+    assert "round" in response.json()["detail"]
