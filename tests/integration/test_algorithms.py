@@ -39,8 +39,14 @@ def test_dead_site_does_not_hang_job(running_federation):
     """k-of-n: with min_sites=1 a site killed mid-job is reported as not responding and the job completes."""
     fed = running_federation
     # Round 0 includes starting each site's training script, so its timeout is generous; later rounds close 5 s
-    # after the live site answers. Six rounds leave time to kill the site while the job still runs.
-    job_id = fed.submit(num_rounds=6, min_sites=1, round_timeout=90, wait_time_after_min_received=5)
+    # after the live site answers. Twenty local epochs make each round last seconds, so the kill lands mid-job.
+    job_id = fed.submit(
+        num_rounds=6,
+        min_sites=1,
+        round_timeout=90,
+        wait_time_after_min_received=5,
+        script_args="--local-epochs 20 --learning-rate 0.002 --hidden 32,16",
+    )
     fed.wait_for(job_id, lambda j: any(c["accepted"] for r in j["rounds"] for c in r["contributions"]), timeout=240)
     victim = next(p for p in fed.state.processes if p.name == "hospital-b")
     started = time.monotonic()
