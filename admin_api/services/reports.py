@@ -78,6 +78,8 @@ def build_job_report(session: Session, job_id: str) -> JobReportPublic:
     if job.sites:
         sites = list(session.scalars(select(Site).where(Site.name.in_(job.sites)).order_by(Site.name)))
     audit_events = list_audit_events(session, target=job_target(job_id))
+    # NOTE: the whole chain is verified for every report, which took about 10 s per 100,000 audit events on a
+    # 2-CPU machine (benchmarks/audit_ingest.py); large chains need verification from a stored, verified head.
     chain = verify_chain(session)
     return JobReportPublic(
         generated_at=utc_now(),
