@@ -24,6 +24,7 @@ from admin_api.services.signing import (
     SignatureStatement,
     SignatureVerificationError,
     load_public_key,
+    resolve_signing_key_path,
     verify_json_report,
     verify_statement,
 )
@@ -68,7 +69,7 @@ def signed_client(database_url: str, workspace: Path) -> Iterator[TestClient]:
         database_url=database_url,
         event_token=EVENT_TOKEN,  # type: ignore[arg-type]
         api_token=API_TOKEN,  # type: ignore[arg-type]
-        workspace=workspace,
+        report_signing_key=workspace / "secrets" / "report_signing_key.pem",
     )
     with TestClient(create_app(settings)) as client:
         yield client
@@ -112,7 +113,15 @@ def test_signing_key_wrong_file(tmp_path: Path) -> None:
         ReportSigner(path)
 
 
-def test_key_created_in_workspace(recorded: TestClient, workspace: Path, read_headers: dict[str, str]) -> None:
+def test_key_path_from_workspace(tmp_path: Path) -> None:
+    explicit = tmp_path / "service.pem"
+    assert resolve_signing_key_path(explicit, tmp_path / "ws") == explicit
+    assert resolve_signing_key_path(None, tmp_path / "ws") == tmp_path / "ws" / "secrets" / "report_signing_key.pem"
+    with pytest.raises(ConfigurationError, match="CONSORTIA_REPORT_SIGNING_KEY"):
+        resolve_signing_key_path(None, None)
+
+
+def test_key_created_on_first_report(recorded: TestClient, workspace: Path, read_headers: dict[str, str]) -> None:
     response = recorded.get("/api/v1/reports/jobs/job-1", headers=read_headers)
     assert response.status_code == 200
     key_file = workspace / "secrets" / "report_signing_key.pem"
