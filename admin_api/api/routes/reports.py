@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import AwareDatetime
 
-from admin_api.api.deps import ReaderDep, SessionDep
+from admin_api.api.deps import AuditReaderDep, ReportReaderDep, SessionDep
+from admin_api.api.routes.jobs import _require_visible_job
 from admin_api.errors import ConfigurationError
 from admin_api.schemas.reports import SignedJobReportPublic, SignedPeriodReportPublic
 from admin_api.services.reports import (
@@ -112,16 +113,17 @@ def read_public_key(signer: SignerDep) -> Response:
 
 @router.get("/jobs/{job_id}", response_class=Response, responses=_report_responses(SignedJobReportPublic))
 def read_signed_job_report(
-    job_id: str, session: SessionDep, _principal: ReaderDep, signer: SignerDep, format: FormatQuery = "json"
+    job_id: str, session: SessionDep, principal: ReportReaderDep, signer: SignerDep, format: FormatQuery = "json"
 ) -> Response:
     """Return the signed audit report of a job: job, sites, training curve, contributions, privacy, timeline, chain head."""
+    _require_visible_job(session, principal, job_id)
     return _signed_response(render_signed_job_report(session, job_id, format, signer))
 
 
 @router.get("/period", response_class=Response, responses=_report_responses(SignedPeriodReportPublic))
 def read_signed_period_report(
     session: SessionDep,
-    _principal: ReaderDep,
+    _principal: AuditReaderDep,
     signer: SignerDep,
     start: Annotated[AwareDatetime, Query(description="Start, inclusive, ISO 8601 with Z or an offset.",
                                           examples=["2026-12-01T00:00:00Z"])],
