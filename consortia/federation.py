@@ -98,7 +98,7 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def start_admin_service(workspace: Workspace, state: WorkspaceState, timeout: float = 60.0) -> ProcessRecord:
-    """Start the admin service on 127.0.0.1 and wait until ``/readyz`` answers."""
+    """Start the admin service on 127.0.0.1 and wait until ``/readyz`` returns 200."""
     ensure_port_free(state.api_port, "admin service")
     env = _child_env(workspace)
     env.update(

@@ -34,7 +34,7 @@ class ProvisioningError(RuntimeError):
 
 @dataclass(frozen=True)
 class ProvisionResult:
-    """Where provisioning put things."""
+    """The workspace and state written by provisioning."""
 
     workspace: Workspace
     state: WorkspaceState

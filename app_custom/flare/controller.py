@@ -52,7 +52,7 @@ class ConsortiaFedAvg(ModelController):
         min_sites: valid contributions needed per round; ``None`` means every site that is connected at start
             (or every selected site with ``site_selection``).
         round_timeout: seconds a round waits for sites before it closes with what arrived (0 waits forever).
-        wait_time_after_min_received: seconds to keep waiting for late sites once ``min_sites`` have answered.
+        wait_time_after_min_received: seconds to keep waiting for late sites once ``min_sites`` have responded.
         max_update_norm: reject a contribution whose L2 distance to the global model exceeds this (None: no bound).
         aggregation: ``AggregationConfig`` fields (method, trim_fraction, focal_beta, focal_top_fraction,
             server_optimizer, server_learning_rate).
