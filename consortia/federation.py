@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psutil
 
 from provisioning.provision import ensure_port_free
 from provisioning.workspace import ProcessRecord, Workspace, WorkspaceState
@@ -219,15 +220,34 @@ def _is_ours(record: ProcessRecord) -> bool:
     return record.start_ticks is None or _process_start_ticks(record.pid) == record.start_ticks
 
 
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 def stop_process(record: ProcessRecord, grace: float = 15.0) -> None:
-    """Stop a recorded process group: SIGTERM, then SIGKILL after ``grace`` seconds. Other PIDs are never signalled."""
+    """Stop a recorded process, its process group and every descendant: SIGTERM, then SIGKILL after ``grace`` s.
+
+    FLARE starts each job's worker in a new session (``setsid``), outside the site's process group, so descendants
+    are collected from the process tree before signalling; a killed site must not leave its job worker training.
+    PIDs that are neither the recorded process nor its descendants are never signalled.
+    """
     if not _is_ours(record):
         return
+    children = _descendants(record.pid)
     try:
         os.killpg(record.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    if _wait_until(lambda: not record.is_alive(), grace, interval=0.2):
+        pass
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    if _wait_until(lambda: not record.is_alive(), grace if alive else max(grace, 1.0), interval=0.2) and not alive:
         _reap(record.pid)
         return
     logger.warning("%s (pid %d) ignored SIGTERM for %.0f s; sending SIGKILL", record.name, record.pid, grace)
@@ -235,6 +255,11 @@ def stop_process(record: ProcessRecord, grace: float = 15.0) -> None:
         os.killpg(record.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
     _wait_until(lambda: not record.is_alive(), 5.0, interval=0.2)
     _reap(record.pid)
 

@@ -89,3 +89,24 @@ def test_state_missing_field_named(tmp_path):
     (tmp_path / "state.json").write_text('{"version": 1, "project": "p"}')
     with pytest.raises(Exception, match="is corrupt"):
         Workspace(tmp_path).load()
+
+
+def test_stop_process_ends_other_session_child(tmp_path):
+    """A child started in its own session (as FLARE starts job workers) is stopped with its parent."""
+    import psutil
+
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True); "
+        "time.sleep(60)"
+    )
+    record = federation._spawn("parent", [sys.executable, "-c", code], tmp_path, {}, Workspace(tmp_path))
+    import time
+
+    deadline = time.monotonic() + 10
+    while not psutil.Process(record.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = psutil.Process(record.pid).children()[0]
+    federation.stop_process(record, grace=5)
+    assert not record.is_alive()
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
