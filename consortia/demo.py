@@ -44,7 +44,7 @@ class DemoError(RuntimeError):
 
 @dataclass
 class DemoResult:
-    """What the demo produced."""
+    """Outcome of a demo run: job, rounds, comparison and report paths."""
 
     job_id: str
     status: str
@@ -196,7 +196,7 @@ def _download_global_model(workspace: Workspace, state: WorkspaceState, job_id: 
         result_dir = Path(session.download_job_result(job_id, destination=str(destination)))
     candidates = sorted(result_dir.rglob("FL_global_model.pt"))
     if not candidates:
-        raise DemoError(f"job {job_id} result in {result_dir} holds no FL_global_model.pt")
+        raise DemoError(f"job {job_id} result in {result_dir} contains no FL_global_model.pt")
     saved = torch.load(candidates[0], map_location="cpu", weights_only=True)
     state_dict = saved.get("model", saved) if isinstance(saved, dict) else saved
     return {key: np.asarray(value) for key, value in state_dict.items()}

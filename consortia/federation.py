@@ -210,7 +210,7 @@ def wait_sites_registered(
 
 
 def is_running(state: WorkspaceState) -> bool:
-    """Whether any process recorded by ``consortia up`` still runs."""
+    """Return whether any process recorded by ``consortia up`` still runs."""
     return any(_is_ours(record) for record in state.processes)
 
 

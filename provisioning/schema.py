@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app_custom.flare.site_policy_guard import SitePolicy
 
 FLARE_ROLES = ("project_admin", "org_admin", "lead", "member")
-"""Roles that FLARE's default authorization policy knows; users with these roles get an admin kit."""
+"""Roles defined by FLARE's default authorization policy. Users with these roles get an admin kit."""
 
 ROLES = (*FLARE_ROLES, "compliance_officer")
 """Every role a consortium user may hold. ``compliance_officer`` exists only in the admin service."""
@@ -157,7 +157,7 @@ class UserSpec(_Strict):
 
 
 class DemoDataSpec(_Strict):
-    """How the demo splits a packaged clinical dataset across the sites."""
+    """Settings of the demo's split of a packaged clinical dataset across the sites."""
 
     dataset: Literal["flchain"] = "flchain"
     seed: int = 20260

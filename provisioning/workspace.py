@@ -42,7 +42,7 @@ class ProcessRecord:
     start_ticks: str | None = None
 
     def is_alive(self) -> bool:
-        """Whether the process still runs (a zombie or a reused PID of another user reads as gone)."""
+        """Return whether the process still runs; a zombie or another user's reused PID counts as gone."""
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -58,7 +58,7 @@ class ProcessRecord:
 
 @dataclass
 class WorkspaceState:
-    """What provisioning and ``consortia up`` record about a workspace."""
+    """State that provisioning and ``consortia up`` record about a workspace."""
 
     project: str
     server_name: str

@@ -277,8 +277,8 @@ class ConsortiaFedAvg(ModelController):
         return {"num_examples": int(weight), "upload_bytes": upload_bytes, "metrics": clean_metrics(metrics)}
 
     def _accept_train_result(self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False) -> bool:
-        # NOTE: this overrides a private hook of FLARE 2.9's BaseModelController, the only place where a site's
-        # error return code is visible; results with an error code never reach the callback.
+        # NOTE: this overrides a private hook of FLARE 2.9's BaseModelController. It is the only place where a
+        # site's error return code is visible, because results with an error code never reach the callback.
         accepted = super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
         return_code = result.get_return_code()
         if not accepted and not is_unknown_task and return_code not in (None, ReturnCode.OK):

@@ -111,7 +111,7 @@ def class_counts(labels: np.ndarray) -> list[int]:
 
 
 def refuse_every_task(site: str, code: str, reason: str) -> None:
-    """Answer every task with a refusal, so the server records why this site cannot take part."""
+    """Reply to every task with a refusal, so the server records why this site cannot take part."""
     logger.error("site %s cannot train: %s", site, reason)
     while flare.is_running():
         if flare.receive() is None:

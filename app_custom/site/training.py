@@ -38,7 +38,7 @@ class LocalTrainingConfig:
 
 @dataclass(frozen=True)
 class TrainingOutcome:
-    """What one round of local training did: optimiser steps and the mean loss of its last epoch."""
+    """Result of one round of local training: optimiser steps and the mean loss of its last epoch."""
 
     num_steps: int
     mean_loss: float
