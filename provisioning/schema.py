@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 import yaml
 from nvflare.apis.utils.format_check import name_check
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app_custom.flare.site_policy_guard import SitePolicy
 
@@ -57,6 +57,22 @@ def _check_port(value: Port) -> Port:
     return value
 
 
+def _name_rule(entity_type: str, label: str) -> AfterValidator:
+    """Return a validator that applies FLARE's naming rule for ``entity_type`` and names the value ``label``."""
+    return AfterValidator(lambda value: _check_name(value, entity_type, label))
+
+
+ServerName = Annotated[str, _name_rule("server", "server name")]
+ServerOrg = Annotated[str, _name_rule("org", "server org")]
+HostName = Annotated[str, _name_rule("host_name", "server host name")]
+ServiceIdentity = Annotated[str, _name_rule("admin", "admin service identity")]
+SiteName = Annotated[str, _name_rule("client", "site name")]
+SiteOrg = Annotated[str, _name_rule("org", "site org")]
+UserName = Annotated[str, _name_rule("admin", "user name")]
+UserOrg = Annotated[str, _name_rule("org", "user org")]
+CheckedPort = Annotated[Port, AfterValidator(_check_port)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,84 +80,34 @@ class _Strict(BaseModel):
 class ServerSpec(_Strict):
     """The FLARE server: its TLS identity, organisation and ports."""
 
-    name: str
-    org: str
-    fed_learn_port: Port = "auto"
-    admin_port: Port = "auto"
-    host_names: list[str] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _check_name(value, "server", "server name")
-
-    @field_validator("org")
-    @classmethod
-    def _org(cls, value: str) -> str:
-        return _check_name(value, "org", "server org")
-
-    @field_validator("host_names")
-    @classmethod
-    def _host_names(cls, values: list[str]) -> list[str]:
-        return [_check_name(v, "host_name", "server host name") for v in values]
-
-    @field_validator("fed_learn_port", "admin_port")
-    @classmethod
-    def _ports(cls, value: Port) -> Port:
-        return _check_port(value)
+    name: ServerName
+    org: ServerOrg
+    fed_learn_port: CheckedPort = "auto"
+    admin_port: CheckedPort = "auto"
+    host_names: list[HostName] = Field(default_factory=list)
 
 
 class AdminServiceSpec(_Strict):
     """The admin service: the FLARE identity it acts with and its HTTP port."""
 
-    identity: str = "service@consortium.org"
-    port: Port = "auto"
-
-    @field_validator("identity")
-    @classmethod
-    def _identity(cls, value: str) -> str:
-        return _check_name(value, "admin", "admin service identity")
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, value: Port) -> Port:
-        return _check_port(value)
+    identity: ServiceIdentity = "service@consortium.org"
+    port: CheckedPort = "auto"
 
 
 class SiteSpec(_Strict):
     """A participating institution (FLARE's client) and its site-local policy (safe defaults when omitted)."""
 
-    name: str
-    org: str
+    name: SiteName
+    org: SiteOrg
     policy: SitePolicy = Field(default_factory=SitePolicy)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _check_name(value, "client", "site name")
-
-    @field_validator("org")
-    @classmethod
-    def _org(cls, value: str) -> str:
-        return _check_name(value, "org", "site org")
 
 
 class UserSpec(_Strict):
     """A person with a role in the consortium."""
 
-    name: str
-    org: str
+    name: UserName
+    org: UserOrg
     role: str
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _check_name(value, "admin", "user name")
-
-    @field_validator("org")
-    @classmethod
-    def _org(cls, value: str) -> str:
-        return _check_name(value, "org", "user org")
 
     @field_validator("role")
     @classmethod
