@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
+import torch
 
 from app_custom.core.errors import ContributionRejected, InvalidSetting, NoValidContributions
 
@@ -20,9 +24,8 @@ __all__ = ["WeightedFedAvg", "weighted_fedavg"]
 
 logger = logging.getLogger(__name__)
 
-# Elements per chunk of the in-place update: a scratch buffer of 2**16 values (256 KiB as float32) stays in cache, so
-# each contribution is read from main memory only once.
-_CHUNK = 1 << 16
+# torch.set_num_threads changes state that the whole process shares, so aggregators change it one at a time.
+_THREADS_LOCK = threading.Lock()
 
 # When the total weight exceeds this multiple of the reference weight, the sum is rescaled so it cannot overflow.
 _MAX_WEIGHT_RATIO = 1e6
@@ -31,8 +34,8 @@ _MAX_WEIGHT_RATIO = 1e6
 class WeightedFedAvg:
     """Weighted mean of site models, computed in one pass over each contribution.
 
-    Each floating-point array is kept as a scaled sum ``S = sum_k (w_k / r) * x_k``, updated in place chunk by chunk
-    for each contribution, and ``result()`` returns ``S * r / sum_k w_k``. The reference weight ``r`` is the
+    Each floating-point array is kept as a scaled sum ``S = sum_k (w_k / r) * x_k``, updated in place for each
+    contribution, and ``result()`` returns ``S * r / sum_k w_k``. The reference weight ``r`` is the
     first weight. When a weight would make ``sum_k w_k / r`` exceed 1e6, ``S`` is first rescaled to a new ``r``, so
     the sum cannot overflow however large or uneven the weights are. A single contribution is returned exactly.
 
@@ -41,19 +44,41 @@ class WeightedFedAvg:
     the result is their element-wise maximum across sites, because a counter averaged as a float and truncated would
     move backwards. ``result()`` casts every array back to the dtype of the first contribution.
 
-    Memory is one buffer per key plus a fixed scratch chunk, independent of the number of sites. No reference to an
-    input array is kept. ``add()`` checks that keys, shapes and dtypes match the first contribution before it
-    changes any state, so a rejected contribution leaves the aggregate untouched. It does not check values: run
+    Each floating-point contribution is folded in with torch's fused in-place ``add_(x, alpha=w_k / r)`` on a
+    zero-copy view of the numpy arrays: one read of the contribution, one read and write of the sum, and no
+    temporary. Each fold rounds at most twice per element (once where torch uses a fused multiply-add), so with
+    unit roundoff ``u`` of the accumulator dtype (``2**-24`` for float32) every element of the result differs from
+    the exact weighted mean by at most ``(N + 3) * u * sum_k w_k |x_k| / sum_k w_k`` (N contributions, first-order
+    bound: N - 1 additions, the rounded products and weights, and the final scaling). A float64 sum of float32
+    models would make that error negligible but double the accumulator's memory traffic. ``benchmarks/aggregation.py``
+    reports the measured error against a float64 reference next to this bound.
+
+    Memory is one buffer per key, independent of the number of sites. No reference to an input array is kept.
+    ``add()`` checks that keys, shapes and dtypes match the first contribution before it changes any state, so a
+    rejected contribution leaves the aggregate untouched. It does not check values: run
     ``app_custom.core.validation.check_contribution`` first to reject non-finite or oversized updates.
+
+    Args:
+        num_threads: torch intra-op threads used while folding a contribution in; ``None`` keeps the process-wide
+            setting. One thread is the default because the sum is limited by memory bandwidth: on a 2-CPU machine
+            shared with other processes, two threads measured slower than one (``benchmarks/aggregation.py``).
+            Raise it on a server with many cores and memory channels to itself.
+
+    Raises:
+        InvalidSetting: If ``num_threads`` is not None or a whole number of at least 1.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, num_threads: int | None = 1) -> None:
+        valid_count = isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1
+        if num_threads is not None and not valid_count:
+            raise InvalidSetting(f"num_threads is {num_threads!r}; expected a whole number >= 1, or None")
+        self._num_threads = num_threads
         self._buffers: dict[str, np.ndarray] = {}
+        self._tensors: dict[str, torch.Tensor] = {}
         self._dtypes: dict[str, np.dtype] = {}
         self._count = 0
         self._total_weight = 0.0
         self._reference_weight = 1.0
-        self._scratch: dict[np.dtype, np.ndarray] = {}
 
     @property
     def count(self) -> int:
@@ -68,6 +93,7 @@ class WeightedFedAvg:
     def reset(self) -> None:
         """Drop all accumulated state, for example at the start of a new round."""
         self._buffers.clear()
+        self._tensors.clear()
         self._dtypes.clear()
         self._count = 0
         self._total_weight = 0.0
@@ -95,8 +121,9 @@ class WeightedFedAvg:
             new_total = self._total_weight + weight
             if new_total / self._reference_weight > _MAX_WEIGHT_RATIO:
                 self._rescale(new_total)
-            for key, array in arrays.items():
-                self._fold(key, array, weight / self._reference_weight)
+            with _torch_threads(self._num_threads):
+                for key, array in arrays.items():
+                    self._fold(key, array, weight / self._reference_weight)
         self._count += 1
         self._total_weight += weight
 
@@ -131,7 +158,10 @@ class WeightedFedAvg:
                 )
         for key, array in arrays.items():
             self._dtypes[key] = array.dtype
-            self._buffers[key] = np.array(array, dtype=_accumulator_dtype(array.dtype), copy=True, order="C")
+            buffer = np.array(array, dtype=_accumulator_dtype(array.dtype), copy=True, order="C")
+            self._buffers[key] = buffer
+            if buffer.dtype.kind in "fc":
+                self._tensors[key] = torch.from_numpy(buffer.reshape(-1))
 
     def _check_structure(self, arrays: dict[str, np.ndarray]) -> None:
         missing = sorted(self._buffers.keys() - arrays.keys())
@@ -171,25 +201,8 @@ class WeightedFedAvg:
         if buffer.dtype.kind not in "fc":
             np.maximum(buffer, array, out=buffer)
             return
-
-        flat_buffer = buffer.reshape(-1)
-        flat_input = array.reshape(-1)
-        if alpha == 1.0:
-            # Equal weights, the common case of equally sized sites, need no multiply.
-            np.add(flat_buffer, flat_input, out=flat_buffer, dtype=buffer.dtype)
-            return
-
-        # numpy has no fused multiply-add, so each chunk is scaled into a scratch buffer that stays in cache and then
-        # added, in the sum's dtype so float16 input is scaled in float32. torch's add_(alpha=) and scipy's BLAS
-        # saxpy fuse the two but run worker threads. On a 2-core machine with other processes busy, both were several
-        # times slower than this single-threaded loop. The "nvflare (torch)" rows of benchmarks/aggregation.py show
-        # this for torch, and a one-off measurement showed it for saxpy.
-        scratch = self._scratch_for(buffer.dtype, min(flat_buffer.size, _CHUNK))
-        for start in range(0, flat_buffer.size, _CHUNK):
-            stop = min(start + _CHUNK, flat_buffer.size)
-            scaled = scratch[: stop - start]
-            np.multiply(flat_input[start:stop], alpha, out=scaled, dtype=buffer.dtype)
-            np.add(flat_buffer[start:stop], scaled, out=flat_buffer[start:stop])
+        # torch computes in the sum's dtype, so float16 input is scaled in float32.
+        self._tensors[key].add_(_as_tensor(array.reshape(-1)), alpha=alpha)
 
     def _rescale(self, new_reference_weight: float) -> None:
         factor = self._reference_weight / new_reference_weight
@@ -199,13 +212,6 @@ class WeightedFedAvg:
         logger.debug("rescaled the weighted sum from reference weight %g to %g",
                      self._reference_weight, new_reference_weight)
         self._reference_weight = new_reference_weight
-
-    def _scratch_for(self, dtype: np.dtype, size: int) -> np.ndarray:
-        scratch = self._scratch.get(dtype)
-        if scratch is None or scratch.size < size:
-            scratch = np.empty(max(size, 1), dtype=dtype)
-            self._scratch[dtype] = scratch
-        return scratch
 
 
 def weighted_fedavg(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -218,6 +224,37 @@ def weighted_fedavg(contributions: Iterable[tuple[Mapping[str, np.ndarray], floa
     for params, aggregation_weight in contributions:
         aggregator.add(params, aggregation_weight)
     return aggregator.result()
+
+
+@contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``num_threads``, then restore it."""
+    if num_threads is None:
+        yield
+        return
+    with _THREADS_LOCK:
+        previous = torch.get_num_threads()
+        if previous == num_threads:
+            yield
+            return
+        torch.set_num_threads(num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+
+def _as_tensor(flat: np.ndarray) -> torch.Tensor:
+    """Return a tensor that shares memory with ``flat``, copying only arrays that torch cannot view."""
+    if not flat.dtype.isnative:
+        # torch cannot view non-native byte order; this copies one array of one contribution.
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    if flat.flags.writeable:
+        return torch.from_numpy(flat)
+    # torch warns that it cannot mark a tensor read-only. The tensor is only read, so the view is safe.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(flat)
 
 
 def _accumulator_dtype(dtype: np.dtype) -> np.dtype:

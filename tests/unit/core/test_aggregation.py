@@ -1,7 +1,10 @@
 """Tests for streaming weighted FedAvg."""
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -282,3 +285,42 @@ def test_float16_scaled_in_float32():
     aggregator.add({"x": second}, 3.0)
     np.testing.assert_allclose(aggregator._buffers["x"], 1000.0 + 3 * 1001.0, rtol=1e-7)
     assert aggregator.result()["x"].dtype == np.float16
+
+
+def test_read_only_input_no_warning():
+    first = np.zeros(6, dtype=np.float32)
+    second = np.ones(6, dtype=np.float32)
+    second.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = weighted_fedavg([({"x": first}, 1.0), ({"x": second}, 3.0)])
+    np.testing.assert_allclose(result["x"], 0.75)
+
+
+@pytest.mark.parametrize("num_threads", [0, -1, 1.5, True, "2"])
+def test_bad_num_threads(num_threads):
+    with pytest.raises(InvalidSetting) as caught:
+        WeightedFedAvg(num_threads=num_threads)
+    assert "num_threads" in str(caught.value)
+
+
+def test_thread_count_restored():
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    aggregator = WeightedFedAvg(num_threads=wanted)
+    aggregator.add({"x": np.ones(8, dtype=np.float32)}, 1.0)
+    aggregator.add({"x": np.full(8, 3.0, dtype=np.float32)}, 3.0)
+    assert torch.get_num_threads() == before
+    np.testing.assert_allclose(aggregator.result()["x"], 2.5)
+
+
+def test_fold_within_error_bound():
+    rng = np.random.default_rng(7)
+    models = [rng.standard_normal(10_000).astype(np.float32) for _ in range(20)]
+    weights = [float(w) for w in rng.uniform(1.0, 900.0, size=20)]
+    result = weighted_fedavg(({"x": m}, w) for m, w in zip(models, weights))["x"].astype(np.float64)
+    stacked = np.stack(models).astype(np.float64)
+    column = np.asarray(weights)[:, None]
+    exact = (column * stacked).sum(axis=0) / sum(weights)
+    bound = (len(models) + 3) * 2.0**-24 * (column * np.abs(stacked)).sum(axis=0) / sum(weights)
+    assert (np.abs(result - exact) <= bound).all()
