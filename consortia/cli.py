@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from consortia import federation
 from consortia.cli_audit import audit_app, report_app
@@ -112,6 +113,11 @@ def status(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     console.print(processes if state.processes else "No processes recorded: the federation is down.")
     if not federation.is_running(state):
         return
+    from app_custom.flare.revocation_guard import certificate_check_error
+
+    check_error = certificate_check_error(ws.kit_dir(state, state.server_name))
+    if check_error:
+        console.print(Text(f"Server rejects every site: {check_error}", style="red"))
     try:
         with federation.flare_session(ws, state, state.service_identity, timeout=10) as session:
             sites = federation.registered_sites(session)

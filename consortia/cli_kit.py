@@ -424,11 +424,5 @@ def rotate_site(
         return
     say(
         f"Rotated {name!r}: new kit {rotated.kit_dir}, certificate SHA-256 {rotated.new_sha256}; old certificate "
-        f"{rotated.old_sha256} recorded as revoked. Restart the site from the new kit."
-    )
-    say(
-        "The server enforces revocation by site name only, so the old certificate can still register: "
-        "see 'consortia site revoke' to lock a site out.",
-        label="NOTE:",
-        style="yellow",
+        f"{rotated.old_sha256} recorded as revoked. Restart the site from the new kit: the server rejects the old certificate at registration."
     )

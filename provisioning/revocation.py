@@ -12,9 +12,8 @@ Hand-written because FLARE 2.9 issues certificates but neither lists their expir
   certificate, records the old certificate in the list with ``scope: certificate``, and points the site's kit folder
   at the new kit (the site's data folder is copied over).
 
-NOTE: the server enforces revocation by site name only (see ``app_custom.flare.revocation_guard``). After a rotation
-the old certificate still registers at the server, because it carries the same name; revoke the site and onboard it
-under a new name when the old key must be locked out.
+The server rejects a revoked site by name and any revoked certificate by its SHA-256 fingerprint or serial (see
+``app_custom.flare.revocation_guard``), so after a rotation the old key no longer registers, while the new kit does.
 
 Exceptions: ``RevocationError`` for invalid requests; ``ProvisioningError`` and ``KitBuildError`` from the steps that
 provision or read the root CA.

@@ -57,4 +57,4 @@ def test_site_rotate(workspace):
     result = invoke("site", "rotate", "hospital-a", "-w", str(workspace.root))
     assert result.exit_code == 0, result.output
     assert "recorded as revoked" in result.output
-    assert "by site name only" in result.output
+    assert "the server rejects the old certificate at registration" in result.output
