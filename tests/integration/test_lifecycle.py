@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from consortia import federation
-from consortia.cli_kit import wait_site_registered
+from consortia.cli_lifecycle import wait_site_registered
 from provisioning.onboarding import add_site, existing_fingerprints
 from provisioning.provision import provision
 from provisioning.revocation import revoke_site
