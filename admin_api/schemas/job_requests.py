@@ -6,9 +6,19 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from admin_api.schemas.jobs import JobPublic
+from admin_api.schemas.jobs import JOB_EXAMPLE, JobPublic
 
 __all__ = ["JobAbortPublic", "JobParameters", "JobSubmitCreate"]
+
+_PARAMETERS_EXAMPLE: dict[str, Any] = {
+    "num_rounds": 5,
+    "min_sites": 2,
+    "round_timeout": 300,
+    "wait_time_after_min_received": 10,
+    "max_update_norm": 100.0,
+    "aggregation": {"method": "fedavg", "server_optimizer": "fedadam", "server_learning_rate": 0.01},
+    "script_args": "--local-epochs 2 --learning-rate 0.002 --hidden 32,16",
+}
 
 
 class JobParameters(BaseModel):
@@ -18,7 +28,9 @@ class JobParameters(BaseModel):
     command-line arguments of each site's training script. Types are strict: ``"5"`` is not a number.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [_PARAMETERS_EXAMPLE, {"num_rounds": 3}]}
+    )
 
     num_rounds: Annotated[int, Field(ge=1, le=1000)] | None = None
     min_sites: Annotated[int, Field(ge=1, le=1000)] | None = None
@@ -33,7 +45,15 @@ class JobParameters(BaseModel):
 class JobSubmitCreate(BaseModel):
     """A job to submit: a folder under ``jobs/`` by name, with parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"job": "fedavg_clinical", "job_name": "mortality_fedavg", "parameters": _PARAMETERS_EXAMPLE},
+                {"job": "dp_fedavg_clinical"},
+            ]
+        },
+    )
 
     job: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Job folder name, e.g. fedavg_clinical.")]
     job_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
@@ -44,6 +64,12 @@ class JobSubmitCreate(BaseModel):
 
 class JobAbortPublic(BaseModel):
     """The job an abort was sent for, and FLARE's reply."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"job": JOB_EXAMPLE, "flare_message": "Abort signal has been sent to the server app."}]
+        }
+    )
 
     job: JobPublic
     flare_message: str

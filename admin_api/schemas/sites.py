@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["SitePublic", "SitesPublic"]
 
-_SITE_EXAMPLE: dict[str, Any] = {
+SITE_EXAMPLE: dict[str, Any] = {
     "name": "hospital-a",
     "org": "hospital_a",
     "status": "online",
@@ -21,7 +21,7 @@ _SITE_EXAMPLE: dict[str, Any] = {
 class SitePublic(BaseModel):
     """A site some event named."""
 
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_SITE_EXAMPLE]})
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [SITE_EXAMPLE]})
 
     name: str
     org: str | None
@@ -33,7 +33,7 @@ class SitePublic(BaseModel):
 class SitesPublic(BaseModel):
     """Every recorded site, by name."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [_SITE_EXAMPLE], "count": 1}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [SITE_EXAMPLE], "count": 1}]})
 
     data: list[SitePublic]
     count: int
