@@ -12,7 +12,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from app_custom.core.metrics import binary_metrics
 from app_custom.core.privacy.accounting import epsilon_after_steps
-from app_custom.core.privacy.dp_sgd import DPSGDConfig, PrivateTraining, make_private, train_private_epoch
+from app_custom.core.privacy._loading import tensor_data_loader
+from app_custom.core.privacy.dp_sgd import (
+    DEFAULT_GRAD_SAMPLE_MODE,
+    DPSGDConfig,
+    PrivateTraining,
+    make_private,
+    train_private_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ def make_private_trainer(
     *,
     batch_size: int,
     learning_rate: float,
+    grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
 ) -> PrivateTraining:
     """Wrap ``model`` for DP-SGD on (x, y) with Adam and noise calibrated for the whole job.
 
@@ -128,19 +136,19 @@ def make_private_trainer(
 
     Privacy: protects each training record at the site, against anyone who sees the site's updates. Batches are
     drawn by Poisson sampling from an unseeded generator, and the noise is unseeded, because a predictable
-    sampler or noise stream would void the guarantee. Invalid settings raise ``InvalidPrivacySetting`` before
-    any data is touched.
+    sampler or noise stream would void the guarantee. Opacus' own Poisson sampler draws every batch; the loader
+    only fetches the drawn rows with one tensor index (``tensor_data_loader``), so the accounting is unchanged.
+    Invalid settings raise ``InvalidPrivacySetting`` before any data is touched.
 
     Raises:
         InvalidPrivacySetting: A setting is invalid for this data or the target epsilon cannot be met.
     """
-    loader = DataLoader(
-        TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)),
-        batch_size=batch_size,
+    loader = tensor_data_loader(
+        torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), batch_size=batch_size
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     model.train()  # Opacus validates the model in training mode; evaluation may have left it in eval mode
-    return make_private(model, optimizer, loader, config)
+    return make_private(model, optimizer, loader, config, grad_sample_mode=grad_sample_mode)
 
 
 def steps_per_epoch(training: PrivateTraining) -> int:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from app_custom.core.privacy import _training, dp_sgd
+from app_custom.core.privacy._loading import first_item, tensor_data_loader
 from app_custom.core.privacy.accounting import epsilon_after_steps
 from app_custom.core.privacy.dp_sgd import (
     DPSGDConfig,
@@ -335,3 +336,85 @@ def test_epsilon_spent_bad_delta(breast_cancer):
     )
     with pytest.raises(InvalidPrivacySetting, match="delta=1.0"):
         epsilon_spent(training.engine, 1.0)
+
+
+# --- loading and per-sample gradient modes --------------------------------------------------------------------
+
+
+def test_tensor_loader_fetches_rows():
+    features, labels = torch.arange(12.0).reshape(6, 2), torch.arange(6)
+    dataset = tensor_data_loader(features, labels, batch_size=2).dataset
+
+    rows, row_labels = first_item(dataset.__getitems__([4, 1]))
+    empty_rows, empty_labels = first_item(dataset.__getitems__([]))
+
+    assert torch.equal(rows, features[[4, 1]])
+    assert torch.equal(row_labels, labels[[4, 1]])
+    assert empty_rows.shape == (0, 2)
+    assert empty_labels.shape == (0,)
+
+
+def test_tensor_loader_empty_batches(breast_cancer):
+    x_train, y_train, _, _ = breast_cancer
+    model = nn.Sequential(nn.Linear(30, 8), nn.GroupNorm(1, 8), nn.ReLU(), nn.Linear(8, 2))
+    config = DPSGDConfig(target_epsilon=5.0, target_delta=1e-3, max_grad_norm=1.0, epochs=3, batch_size=1)
+    training = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        tensor_data_loader(x_train[:20], y_train[:20], batch_size=1),
+        config,
+        noise_generator=torch.Generator().manual_seed(0),
+    )
+    assert training.sample_rate == pytest.approx(1 / 20)
+
+    results = [train_private_epoch(training, nn.functional.cross_entropy) for _ in range(3)]
+
+    assert sum(result.num_empty_batches for result in results) > 0  # P(empty) = 0.95**20, about 0.36
+    assert sum(result.num_examples for result in results) > 0
+    assert training.steps_taken == sum(result.num_steps for result in results)
+    assert all(torch.isfinite(parameter).all() for parameter in unwrap(training.model).parameters())
+    assert training.epsilon() <= config.target_epsilon
+
+
+def _one_private_step(mode: str, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch.nn.init.normal_(model[0].weight, generator=torch.Generator().manual_seed(0))
+    config = DPSGDConfig(target_epsilon=3.0, target_delta=1e-5, max_grad_norm=0.1, epochs=1, batch_size=32)
+    training = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        tensor_data_loader(features, labels, batch_size=32),
+        config,
+        noise_generator=torch.Generator().manual_seed(3),
+        grad_sample_mode=mode,
+    )
+    training.optimizer.zero_grad()
+    nn.functional.cross_entropy(training.model(features[:32]), labels[:32]).backward()
+    training.optimizer.step()
+    return {key: value.clone() for key, value in unwrap(training.model).state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_grad_sample_modes_agree(mode, breast_cancer):
+    x_train, y_train, _, _ = breast_cancer
+    torch.manual_seed(0)  # the same initial weights in both runs
+    expected = _one_private_step(dp_sgd.DEFAULT_GRAD_SAMPLE_MODE, x_train, y_train)
+    torch.manual_seed(0)
+    found = _one_private_step(mode, x_train, y_train)
+
+    assert set(found) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(found[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_make_private_rejects_grad_sample_mode(breast_cancer):
+    x_train, y_train, _, _ = breast_cancer
+    model = nn.Sequential(nn.Linear(30, 2))
+    with pytest.raises(InvalidPrivacySetting, match="grad_sample_mode='ghost'"):
+        make_private(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            _loader(x_train, y_train, 32),
+            DPSGDConfig(**VALID),
+            grad_sample_mode="ghost",
+        )
