@@ -6,10 +6,11 @@ total ``num_examples``, and each site decrypts and divides. A site that drops ou
 and from the total, so the result is the FedAvg of the sites present.
 
 The contribution checks of ``app_custom.core.validation`` read values, which the server cannot see. On
-ciphertexts the server checks instead: the layer names equal the global model's, each layer has
-ceil(size / slots) ciphertexts, each ciphertext loads under the public context and contains the expected number
-of values, and ``num_examples`` is a finite number > 0. NaN, out-of-range or poisoned values cannot be detected,
-and neither can a ciphertext made with another key, which decrypts to garbage at every site.
+ciphertexts the server checks instead: the declared layer shapes equal the global model's, the params are packed
+under one key or have one key per layer, each vector has ceil(size / slots) ciphertexts, each ciphertext loads
+under the public context and contains the expected number of values, and ``num_examples`` is a finite number > 0.
+NaN, out-of-range or poisoned values cannot be detected, and neither can a ciphertext made with another key,
+which decrypts to garbage at every site.
 
 This module has no FLARE import.
 """
@@ -17,7 +18,6 @@ This module has no FLARE import.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ import tenseal as ts
 
 from app_custom.core.errors import ContributionRejected, NoValidContributions
 from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacyInput
-from app_custom.core.privacy.he import HEContext, aggregate_encrypted
+from app_custom.core.privacy.he import PACKED_KEY, HEContext, aggregate_encrypted, chunk_lengths
 from app_custom.core.validation import check_num_examples
 
 __all__ = ["HE_META_ENCRYPTED", "HE_META_SHAPES", "HE_META_TOTAL_WEIGHT", "EncryptedRoundAggregator", "shapes_of"]
@@ -93,6 +93,8 @@ class EncryptedRoundAggregator:
     def check(self, encrypted: Encrypted, num_examples: object, shapes: object) -> float:
         """Check an encrypted contribution's structure and weight; return the weight.
 
+        Accepts packed params (the one key ``PACKED_KEY``) and params with one key per layer.
+
         Raises:
             ContributionRejected: ``bad_num_examples``, ``missing_key``, ``unexpected_key``, ``shape_mismatch``
                 (declared shapes, ciphertext counts or lengths differ) or ``dtype_mismatch`` (a chunk is not a
@@ -101,7 +103,9 @@ class EncryptedRoundAggregator:
         weight = float(check_num_examples(num_examples))  # type: ignore[arg-type]  # checks any object
         if not isinstance(encrypted, Mapping):
             raise ContributionRejected("dtype_mismatch", f"encrypted params are {type(encrypted).__name__}")
-        missing, unexpected = set(self.shapes) - set(encrypted), set(encrypted) - set(self.shapes)
+        packed = set(encrypted) == {PACKED_KEY}
+        expected_keys = {PACKED_KEY} if packed else set(self.shapes)
+        missing, unexpected = expected_keys - set(encrypted), set(encrypted) - expected_keys
         if missing:
             raise ContributionRejected("missing_key", f"layers {sorted(missing)} are missing", key=min(missing))
         if unexpected:
@@ -109,26 +113,23 @@ class EncryptedRoundAggregator:
         declared = {key: tuple(value) for key, value in shapes.items()} if isinstance(shapes, Mapping) else None
         if declared != self.shapes:
             raise ContributionRejected("shape_mismatch", f"declared shapes {declared} differ from {self.shapes}")
-        slots = self.context.preset.slots
-        for key, shape in self.shapes.items():
-            self._check_layer(key, encrypted[key], math.prod(shape), slots)
+        for key, lengths in chunk_lengths(self.shapes, self.context.preset.slots, packed=packed).items():
+            self._check_layer(key, encrypted[key], lengths)
         return weight
 
-    def _check_layer(self, key: str, chunks: Sequence[bytes], size: int, slots: int) -> None:
-        expected = math.ceil(size / slots)
-        if not isinstance(chunks, Sequence) or len(chunks) != expected:
+    def _check_layer(self, key: str, chunks: Sequence[bytes], lengths: list[int]) -> None:
+        if not isinstance(chunks, Sequence) or len(chunks) != len(lengths):
             found = len(chunks) if isinstance(chunks, Sequence) else type(chunks).__name__
             raise ContributionRejected(
-                "shape_mismatch", f"layer {key!r} has {found} ciphertexts, expected {expected}", key=key
+                "shape_mismatch", f"layer {key!r} has {found} ciphertexts, expected {len(lengths)}", key=key
             )
-        for index, chunk in enumerate(chunks):
+        for index, (chunk, length) in enumerate(zip(chunks, lengths, strict=True)):
             try:
                 vector = ts.ckks_vector_from(self.context.context, chunk)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise ContributionRejected(
                     "dtype_mismatch", f"layer {key!r} chunk {index} is not a CKKS vector: {error}", key=key
                 ) from None
-            length = min(slots, size - index * slots)
             if vector.size() != length:
                 raise ContributionRejected(
                     "shape_mismatch",
@@ -143,7 +144,7 @@ class EncryptedRoundAggregator:
             ContributionRejected: The contribution fails ``check``.
         """
         weight = self.check(encrypted, num_examples, shapes)
-        contribution = {key: list(encrypted[key]) for key in self.shapes}
+        contribution = {key: list(chunks) for key, chunks in encrypted.items()}
         try:
             self._sum = contribution if self._sum is None else aggregate_encrypted([self._sum, contribution], self.context)
         except InvalidPrivacyInput as error:

@@ -6,7 +6,7 @@ code. Both load the shared secret context ``startup/client_context.tenseal`` fro
 use.
 
 - ``EncryptParams`` (result filter): multiplies the params by the result's ``num_examples`` and encrypts them
-  (``app_custom.core.privacy.he.encrypt_params``; layers longer than one ciphertext are split). Metrics-only
+  (``app_custom.core.privacy.he.encrypt_params``), by default packed into as few ciphertexts as they fill. Metrics-only
   results (evaluations, refused rounds) pass unchanged. Any other data kind raises, because it would leave the
   site unencrypted.
 - ``DecryptAggregate`` (data filter): decrypts an encrypted aggregate with the total weight and shapes in its meta,
@@ -24,7 +24,7 @@ from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from app_custom.core.privacy.errors import InvalidPrivacyInput
+from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacyInput
 from app_custom.core.privacy.he import HEContext, decrypt_params, encrypt_params, get_preset
 from app_custom.flare.he_aggregator import HE_META_ENCRYPTED, HE_META_SHAPES, HE_META_TOTAL_WEIGHT, shapes_of
 from app_custom.flare.he_context import CLIENT_CONTEXT_FILE, load_kit_context
@@ -49,6 +49,9 @@ class _SiteContextFilter(Filter):
 class EncryptParams(_SiteContextFilter):
     """Encrypts the params of a site's training result, pre-multiplied by its ``num_examples``.
 
+    By default all layers are packed into one vector, so the upload has ceil(params / slots) ciphertexts; with
+    ``pack=False`` each layer starts its own ciphertext.
+
     Privacy: protects the site's params against the server and the network; only holders of the shared secret
     key (the sites) can decrypt. A missing key, a non-numeric weight, non-finite params or a data kind other
     than full weights raises, so FLARE sends an error reply with no data.
@@ -56,7 +59,14 @@ class EncryptParams(_SiteContextFilter):
     Args:
         preset: Name of the CKKS preset the kit's context must match.
         context_file: The secret context's file name in the site kit's ``startup/`` folder.
+        pack: Pack all layers into one vector before encrypting.
     """
+
+    def __init__(self, preset: str = "ckks_8192", context_file: str = CLIENT_CONTEXT_FILE, pack: bool = True) -> None:
+        super().__init__(preset, context_file)
+        if not isinstance(pack, bool):
+            raise HEConfigError(f"invalid pack={pack!r}: set it to true or false")
+        self.pack = pack
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         """Encrypt the params of ``shareable`` in place; metrics-only results pass unchanged."""
@@ -72,7 +82,7 @@ class EncryptParams(_SiteContextFilter):
         weight = dxo.get_meta_prop("num_examples")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise InvalidPrivacyInput(f"invalid num_examples={weight!r} in the result meta: the aggregation weight")
-        dxo.data = encrypt_params(params, self._site_context(), float(weight))
+        dxo.data = encrypt_params(params, self._site_context(), float(weight), pack=self.pack)
         dxo.set_meta_prop(HE_META_ENCRYPTED, True)
         dxo.set_meta_prop(HE_META_SHAPES, {key: list(shape) for key, shape in shapes_of(params).items()})
         self.log_info(fl_ctx, f"encrypted {len(params)} layers for secure aggregation")

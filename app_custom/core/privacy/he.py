@@ -10,7 +10,10 @@ and a site decrypts the sum and divides it by the total weight of those sites, w
 server needs no ciphertext multiplication (no rescaling, no relinearization keys), and the weighted FedAvg
 (McMahan et al. 2017) is exact up to the preset's stated error. The server learns each site's aggregation weight.
 
-Layers longer than one ciphertext's N/2 slots are split into several ciphertexts in order.
+By default ``encrypt_params`` packs every layer into one vector (layers in sorted name order, each flattened in C
+order) and splits it into ciphertexts of N/2 slots, under the one key ``PACKED_KEY``. The demo model's 4,865 params
+then fill 2 ciphertexts where one ciphertext per layer needed 6. With ``pack=False`` each layer gets its own
+ciphertexts. ``aggregate_encrypted`` and ``decrypt_params`` accept both layouts.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from app_custom.core.privacy._validation import PrivacyConfigModel, check_positi
 from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacyInput
 
 __all__ = [
+    "PACKED_KEY",
     "CKKS_16384",
     "CKKS_8192",
     "PRESETS",
     "CKKSPreset",
     "HEContext",
     "aggregate_encrypted",
+    "chunk_lengths",
     "decrypt_params",
     "encrypt_params",
     "get_preset",
@@ -49,6 +54,8 @@ logger = logging.getLogger(__name__)
 _MAX_TOTAL_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 # The value bound must still hold for a sum of this many contributions.
 _MAX_SITES = 1024
+# The one key of packed params; a model layer cannot have this name.
+PACKED_KEY = "__packed__"
 # Bits left above the scale in the first modulus: values below 2**9 still decode after every rescale.
 _MIN_HEADROOM_BITS = 10
 
@@ -161,7 +168,7 @@ class CKKSPreset(PrivacyConfigModel):
                 f"{self.atol:.3g}; use a larger scale_bits or a smaller max_abs_value"
             )
         try:
-            ts.ckks_vector_from(public.context, aggregate["check"][0]).decrypt()
+            ts.ckks_vector_from(public.context, aggregate[PACKED_KEY][0]).decrypt()
         except ValueError:
             return error
         raise HEConfigError(f"preset {self.name!r}: the public context decrypted a ciphertext; do not use it")
@@ -267,11 +274,13 @@ def load_context(data: bytes, preset: CKKSPreset) -> HEContext:
 
 
 def encrypt_params(
-    params: Mapping[str, np.ndarray], ctx: HEContext, aggregation_weight: float
+    params: Mapping[str, np.ndarray], ctx: HEContext, aggregation_weight: float, *, pack: bool = True
 ) -> dict[str, list[bytes]]:
-    """Multiply params by ``aggregation_weight`` and encrypt each layer as a list of serialized CKKS vectors.
+    """Multiply params by ``aggregation_weight`` and encrypt them as lists of serialized CKKS vectors.
 
-    A layer is flattened in C order and split into chunks of ``ctx.preset.slots`` values.
+    With ``pack`` (the default) all layers, in sorted name order and each flattened in C order, form one vector
+    under ``PACKED_KEY``. Without it each layer is a vector of its own. Each vector is split into chunks of
+    ``ctx.preset.slots`` values.
 
     Privacy: protects the site's params against the server and the network. Non-finite values, a weighted value
     above the preset's ``max_abs_value`` (which could decrypt to a wrong aggregate) or an invalid weight raise
@@ -279,11 +288,14 @@ def encrypt_params(
 
     Raises:
         InvalidPrivacySetting: ``aggregation_weight`` is not a finite number > 0.
-        InvalidPrivacyInput: Params are empty, not float arrays, non-finite or too large.
+        InvalidPrivacyInput: Params are empty, not float arrays, non-finite or too large, or a layer is named
+            ``PACKED_KEY``.
     """
     weight = check_positive_finite("aggregation_weight", aggregation_weight, "Use the site's num_examples.")
     if not isinstance(params, Mapping) or not params:
         raise InvalidPrivacyInput("params must be a non-empty mapping of layer name to array")
+    if PACKED_KEY in params:
+        raise InvalidPrivacyInput(f"a layer is named {PACKED_KEY!r}, the key of packed params; rename it")
     flat: dict[str, np.ndarray] = {}
     for key, array in params.items():
         if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
@@ -297,6 +309,8 @@ def encrypt_params(
                 f"max_abs_value={ctx.preset.max_abs_value:g} of preset {ctx.preset.name!r}; use smaller weights"
             )
         flat[key] = weighted
+    if pack:
+        flat = {PACKED_KEY: np.concatenate([flat[key] for key in sorted(flat)])}
     slots = ctx.preset.slots
     encrypted: dict[str, list[bytes]] = {}
     for key, values in flat.items():
@@ -305,6 +319,20 @@ def encrypt_params(
             chunks.append(ts.ckks_vector(ctx.context, values[start : start + slots].tolist()).serialize())
         encrypted[key] = chunks
     return encrypted
+
+
+def chunk_lengths(shapes: Mapping[str, tuple[int, ...]], slots: int, *, packed: bool) -> dict[str, list[int]]:
+    """Return, for each key of encrypted params, the number of values in each of its ciphertexts.
+
+    Args:
+        shapes: Layer name to array shape.
+        slots: Values per ciphertext (the preset's N/2).
+        packed: Whether the params are packed under ``PACKED_KEY``.
+    """
+    sizes = {key: math.prod(shape) for key, shape in shapes.items()}
+    if packed:
+        sizes = {PACKED_KEY: sum(sizes.values())}
+    return {key: [min(slots, size - start) for start in range(0, size, slots)] for key, size in sizes.items()}
 
 
 def _load_vector(ctx: HEContext, data: bytes, where: str) -> ts.CKKSVector:
@@ -368,6 +396,8 @@ def decrypt_params(
 ) -> dict[str, np.ndarray]:
     """Decrypt an aggregate and divide by the total aggregation weight of the sites it contains.
 
+    Accepts packed params (``PACKED_KEY``, layers in sorted name order) and one-vector-per-layer params.
+
     Privacy: only a holder of the secret context (a site) can run it. A public context raises ``HEConfigError``;
     a layer set, chunk count or length that does not match ``shapes`` raises ``InvalidPrivacyInput``.
 
@@ -388,20 +418,28 @@ def decrypt_params(
     if not ctx.is_private:
         raise HEConfigError("decrypt_params needs the secret context; the public context contains no secret key")
     total_weight = check_positive_finite("total_weight", total_weight, "Pass the sum of the present sites' weights.")
-    if set(encrypted) != set(shapes):
+    packed = set(encrypted) == {PACKED_KEY}
+    expected_keys = {PACKED_KEY} if packed else set(shapes)
+    if set(encrypted) != expected_keys:
         raise InvalidPrivacyInput(f"encrypted layers {sorted(encrypted)} differ from shapes {sorted(shapes)}")
-    slots = ctx.preset.slots
-    result: dict[str, np.ndarray] = {}
-    for key, shape in shapes.items():
-        size = math.prod(shape)
-        if len(encrypted[key]) != math.ceil(size / slots):
+    flat: dict[str, np.ndarray] = {}
+    for key, lengths in chunk_lengths(shapes, ctx.preset.slots, packed=packed).items():
+        if len(encrypted[key]) != len(lengths):
             raise InvalidPrivacyInput(
-                f"layer {key!r} has {len(encrypted[key])} chunks, expected "
-                f"{math.ceil(size / slots)} for shape {tuple(shape)}"
+                f"layer {key!r} has {len(encrypted[key])} chunks, expected {len(lengths)} for shapes "
+                f"{shapes[key] if key in shapes else dict(shapes)}"
             )
         parts = [np.asarray(_load_vector(ctx, chunk, f"layer {key!r}").decrypt()) for chunk in encrypted[key]]
         values = np.concatenate(parts) if parts else np.zeros(0)
-        if values.size != size:
-            raise InvalidPrivacyInput(f"layer {key!r} decrypted to {values.size} values, expected {size}")
-        result[key] = values.reshape(shape) / total_weight
-    return result
+        if values.size != sum(lengths):
+            raise InvalidPrivacyInput(f"layer {key!r} decrypted to {values.size} values, expected {sum(lengths)}")
+        flat[key] = values / total_weight
+    if not packed:
+        return {key: flat[key].reshape(shape) for key, shape in shapes.items()}
+    result: dict[str, np.ndarray] = {}
+    offset = 0
+    for key in sorted(shapes):
+        size = math.prod(shapes[key])
+        result[key] = flat[PACKED_KEY][offset : offset + size].reshape(shapes[key])
+        offset += size
+    return {key: result[key] for key in shapes}

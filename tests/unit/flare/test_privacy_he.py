@@ -13,7 +13,7 @@ from nvflare.apis.fl_context import FLContext
 from app_custom.core.aggregation import WeightedFedAvg
 from app_custom.core.errors import ContributionRejected, NoValidContributions
 from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacyInput
-from app_custom.core.privacy.he import CKKS_8192, HEContext, encrypt_params, load_context
+from app_custom.core.privacy.he import CKKS_8192, PACKED_KEY, HEContext, encrypt_params, load_context
 from app_custom.flare import he_filters
 from app_custom.flare.he_aggregator import EncryptedRoundAggregator, shapes_of
 from app_custom.flare.he_context import load_kit_context
@@ -108,8 +108,38 @@ def test_encrypted_result_carries_no_plaintext(contexts):
     dxo = encrypted_result(contexts[0], model, 10)
     assert dxo.get_meta_prop("he_encrypted") is True
     assert dxo.get_meta_prop("he_shapes") == {"big": [70, 80], "bias": [3]}
-    assert [len(dxo.data[key]) for key in ("big", "bias")] == [math.ceil(5600 / 4096), 1]
+    assert list(dxo.data) == [PACKED_KEY]
+    assert len(dxo.data[PACKED_KEY]) == math.ceil(5603 / 4096)
     assert all(isinstance(chunk, bytes) for chunks in dxo.data.values() for chunk in chunks)
+
+
+def test_unpacked_filter_one_vector_per_layer(contexts):
+    dxo = DXO(DataKind.WEIGHTS, data=site_models(1)[0], meta={"num_examples": 10})
+    encrypt = he_filters.EncryptParams(pack=False)
+    encrypt._context = contexts[0]
+    data = from_shareable(encrypt.process(dxo.to_shareable(), FLContext())).data
+    assert [len(data[key]) for key in ("big", "bias")] == [math.ceil(5600 / 4096), 1]
+
+
+def test_packed_wrong_length_rejected(contexts):
+    site, server = contexts
+    model = site_models(1)[0]
+    aggregator = EncryptedRoundAggregator(server)
+    aggregator.start_round(shapes_of(model))
+    encrypted = encrypt_params(model, site, 5.0)
+    encrypted[PACKED_KEY] = encrypted[PACKED_KEY][:1] + [ts.ckks_vector(site.context, [1.0]).serialize()]
+    with pytest.raises(ContributionRejected, match="chunk 1 holds 1 values, expected 1507"):
+        aggregator.add("s", encrypted, 5, {"big": [70, 80], "bias": [3]})
+
+
+def test_mixed_layouts_rejected(contexts):
+    site, server = contexts
+    model = site_models(1)[0]
+    aggregator = EncryptedRoundAggregator(server)
+    aggregator.start_round(shapes_of(model))
+    aggregator.add("a", encrypt_params(model, site, 5.0), 5, {"big": [70, 80], "bias": [3]})
+    with pytest.raises(ContributionRejected, match="shape_mismatch"):
+        aggregator.add("b", encrypt_params(model, site, 5.0, pack=False), 5, {"big": [70, 80], "bias": [3]})
 
 
 def test_server_context_cannot_decrypt(contexts):
@@ -166,7 +196,7 @@ def started(contexts) -> tuple[EncryptedRoundAggregator, dict[str, list[bytes]],
     model = site_models(1)[0]
     aggregator = EncryptedRoundAggregator(server)
     aggregator.start_round(shapes_of(model))
-    return aggregator, encrypt_params(model, site, 5.0), {"big": [70, 80], "bias": [3]}
+    return aggregator, encrypt_params(model, site, 5.0, pack=False), {"big": [70, 80], "bias": [3]}
 
 
 def test_missing_layer_rejected(started):

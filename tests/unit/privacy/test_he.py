@@ -11,6 +11,7 @@ from app_custom.core.privacy.he import (
     CKKS_8192,
     CKKS_16384,
     PRESETS,
+    PACKED_KEY,
     CKKSPreset,
     aggregate_encrypted,
     decrypt_params,
@@ -129,7 +130,7 @@ def test_public_context_cannot_decrypt(contexts, site_params):
     with pytest.raises(HEConfigError, match="public context contains no secret key"):
         decrypt_params(encrypted, public, SHAPES, 1.0)
     with pytest.raises(ValueError, match="doesn't hold a secret_key"):
-        ts.ckks_vector_from(public.context, encrypted["fc1.bias"][0]).decrypt()
+        ts.ckks_vector_from(public.context, encrypted[PACKED_KEY][0]).decrypt()
 
 
 def test_load_context_wrong_preset():
@@ -156,9 +157,39 @@ def test_aggregate_matches_fedavg(contexts, site_params):
         np.testing.assert_allclose(result[key], expected[key], rtol=0, atol=1e-6)
 
 
+def test_packed_fills_fewest_ciphertexts(contexts, site_params):
+    secret, public = contexts
+    encrypted = [encrypt_params(p, secret, w) for p, w in zip(site_params, WEIGHTS, strict=True)]
+    total_values = sum(math.prod(shape) for shape in SHAPES.values())
+
+    assert set(encrypted[0]) == {PACKED_KEY}
+    assert len(encrypted[0][PACKED_KEY]) == math.ceil(total_values / CKKS_8192.slots)
+    result = decrypt_params(aggregate_encrypted(encrypted, public), secret, SHAPES, sum(WEIGHTS))
+    expected = _fedavg(site_params, WEIGHTS)
+    assert list(result) == list(SHAPES)
+    for key in SHAPES:
+        assert result[key].shape == SHAPES[key]
+        np.testing.assert_allclose(result[key], expected[key], rtol=0, atol=1e-6)
+
+
+def test_packed_ignores_layer_order(contexts, site_params):
+    secret, _ = contexts
+    reordered = dict(reversed(list(site_params[0].items())))
+    encrypted = encrypt_params(reordered, secret, 1.0)
+    result = decrypt_params(encrypted, secret, SHAPES, 1.0)
+    for key in SHAPES:
+        np.testing.assert_allclose(result[key], site_params[0][key], rtol=0, atol=1e-6)
+
+
+def test_packed_key_reserved(contexts):
+    secret, _ = contexts
+    with pytest.raises(InvalidPrivacyInput, match="the key of packed params"):
+        encrypt_params({PACKED_KEY: np.ones(3)}, secret, 1.0)
+
+
 def test_long_layer_chunks(contexts, site_params):
     secret, _ = contexts
-    encrypted = encrypt_params(site_params[0], secret, 1.0)
+    encrypted = encrypt_params(site_params[0], secret, 1.0, pack=False)
     assert len(encrypted["big.weight"]) == 3  # 10,000 values in ciphertexts of 4,096
     assert len(encrypted["fc2.weight"]) == 1  # exactly 4,096 values
     result = decrypt_params(encrypted, secret, SHAPES, 1.0)
@@ -185,10 +216,10 @@ def test_server_rejects_secret_context(contexts, site_params):
 
 def test_aggregate_mismatch_raises(contexts):
     secret, public = contexts
-    first = encrypt_params({"w": np.ones(10)}, secret, 1.0)
-    other_layer = encrypt_params({"v": np.ones(10)}, secret, 1.0)
-    longer = encrypt_params({"w": np.ones(5000)}, secret, 1.0)
-    shorter = encrypt_params({"w": np.ones(9)}, secret, 1.0)
+    first = encrypt_params({"w": np.ones(10)}, secret, 1.0, pack=False)
+    other_layer = encrypt_params({"v": np.ones(10)}, secret, 1.0, pack=False)
+    longer = encrypt_params({"w": np.ones(5000)}, secret, 1.0, pack=False)
+    shorter = encrypt_params({"w": np.ones(9)}, secret, 1.0, pack=False)
     with pytest.raises(InvalidPrivacyInput, match="contribution 1 differs from contribution 0"):
         aggregate_encrypted([first, other_layer], public)
     with pytest.raises(InvalidPrivacyInput, match="contribution 1 differs from contribution 0"):
@@ -201,7 +232,7 @@ def test_aggregate_mismatch_raises(contexts):
 
 def test_aggregate_corrupt_bytes(contexts):
     secret, public = contexts
-    first = encrypt_params({"w": np.ones(10)}, secret, 1.0)
+    first = encrypt_params({"w": np.ones(10)}, secret, 1.0, pack=False)
     with pytest.raises(InvalidPrivacyInput, match="contribution 1 layer 'w' is not a CKKS vector"):
         aggregate_encrypted([first, {"w": [b"not a ciphertext"]}], public)
 
@@ -225,9 +256,18 @@ def test_encrypt_rejects(contexts, params, weight, error, fragment):
         encrypt_params(params, secret, weight)
 
 
+def test_decrypt_rejects_packed_mismatch(contexts):
+    secret, _ = contexts
+    encrypted = encrypt_params({"a": np.ones(5000), "b": np.ones(3)}, secret, 1.0)
+    with pytest.raises(InvalidPrivacyInput, match="has 2 chunks, expected 1"):
+        decrypt_params(encrypted, secret, {"a": (100,), "b": (3,)}, 1.0)
+    with pytest.raises(InvalidPrivacyInput, match="decrypted to 5003 values, expected 5004"):
+        decrypt_params(encrypted, secret, {"a": (5000,), "b": (4,)}, 1.0)
+
+
 def test_decrypt_rejects_mismatch(contexts):
     secret, _ = contexts
-    encrypted = encrypt_params({"w": np.ones(5000)}, secret, 1.0)
+    encrypted = encrypt_params({"w": np.ones(5000)}, secret, 1.0, pack=False)
     with pytest.raises(InvalidPrivacyInput, match="differ from shapes"):
         decrypt_params(encrypted, secret, {"v": (5000,)}, 1.0)
     with pytest.raises(InvalidPrivacyInput, match="layer 'w' has 2 chunks, expected 1"):
