@@ -12,7 +12,8 @@ are signed with our changes included. It writes ``local/resources.json`` for eve
 - **sites**: ``local/consortia_site.json`` names the site's own data folder, which the training code reads only,
   and the site's privacy budget (``privacy_budget``), which caps the epsilon DP-SGD jobs may spend at the site.
 - **site policy**: each site's policy (``provisioning.site_policy``) is written into its ``local`` folder and the
-  site's ``SitePolicyGuard`` is added to its components; a policy's ``privacy_budget`` replaces the default.
+  site's ``SitePolicyGuard`` is added to its components as ``app_deployer``, the id FLARE deploys jobs through; a
+  policy's ``privacy_budget`` replaces the default.
 - **server**: ``RevocationGuard`` (revoked sites cannot register) and ``SitePolicyAudit`` (policy refusals are
   audited) are added as components.
 """

@@ -4,12 +4,21 @@ Hand-written because FLARE 2.9 lets a site restrict custom code (the ``byoc`` ri
 classes (the class allow-list), but not which jobs it takes part in. The policy lives in the site's own kit,
 ``local/consortia_policy.json``, so the site's data owner can tighten it without asking the consortium.
 
-``SitePolicyGuard`` is a site component (site ``local/resources.json``). FLARE's site admin agent fires
-``AUTHORIZE_COMMAND_CHECK`` for every command from the server, including the job deployment (command
-``submit_job``, with the job's meta in ``SECURITY_ITEMS``). Setting ``AUTHORIZATION_RESULT`` to False there makes the
-site answer the deployment with an error that carries ``AUTHORIZATION_REASON``, so FLARE's server records
-``<site>: <reason>`` in the job's ``job_deploy_detail``. When fewer sites than the job's ``min_clients`` accept, FLARE
-ends the job FINISHED:FAILED_TO_RUN.
+``SitePolicyGuard`` is a site component (site ``local/resources.json``) with two hooks:
+
+- It is the site's app deployer: FLARE 2.9's ``ClientEngine.deploy_app`` hands the job's app (the zip the site is
+  about to run) to the component whose id is ``app_deployer``. The guard reads the app's ``config_fed_server.json``
+  and ``config_fed_client.json``, classifies each server workflow as an algorithm kind (``classify_workflow``), and
+  returns a rejection when a kind is not in ``accepted_algorithms``; otherwise it calls FLARE's own ``AppDeployer``.
+  Checking the deployed app rather than the job's name means a renamed job cannot slip past the policy.
+- At ``AUTHORIZE_COMMAND_CHECK`` for the deployment (command ``submit_job``, with the job's meta in
+  ``SECURITY_ITEMS``, but not the app) it rejects early when the policy file is invalid, when the policy lists
+  ``accepted_job_names`` and the job's name is not among them, or when the guard is not the site's ``app_deployer``
+  (a kit built before the guard read workflows), because then the workflow check would not run.
+
+Either rejection makes the site reply to the deployment with an error, so FLARE's server records ``<site>: <reason>``
+in the job's ``job_deploy_detail`` and does not start the job at that site. When fewer sites than the job's
+``min_clients`` accept, FLARE ends the job FINISHED:FAILED_TO_RUN; otherwise the job runs without the site.
 
 ``SitePolicyAudit`` is a server component that turns those rejections into ``contribution.rejected`` audit events
 (reason code ``site_policy``, round 0), because the admin service does not read ``job_deploy_detail``.
@@ -24,18 +33,23 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+from nvflare.apis.app_deployer_spec import AppDeployerSpec
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, SystemComponents
 from nvflare.apis.fl_context import FLContext
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from nvflare.apis.workspace import Workspace
+from nvflare.private.fed.utils.app_deployer import AppDeployer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app_custom.flare.algorithm_kinds import UNKNOWN_KIND, WorkflowKind, classify_app
 from app_custom.flare.event_forwarder import spool_event
 from app_custom.flare.events import make_envelope
 
 POLICY_FILE = "local/consortia_policy.json"
 REJECTION_PREFIX = "consortia site policy"
-SITE_POLICY_GUARD_ID = "consortia_site_policy_guard"
+# FLARE 2.9's ClientEngine.deploy_app deploys every job through the site component with this id.
+SITE_POLICY_GUARD_ID = SystemComponents.APP_DEPLOYER
 SITE_POLICY_AUDIT_ID = "consortia_site_policy_audit"
 # FLARE 2.9 sends a job deployment to a site as the admin command ``submit_job`` (``job_runner._make_deploy_message``).
 DEPLOY_COMMAND = "submit_job"
@@ -63,9 +77,12 @@ class SitePolicy(BaseModel):
     """A site's policy, in the consortium file (``sites[].policy``) and in the kit (``local/consortia_policy.json``).
 
     Attributes:
-        accepted_jobs: job names (``meta.json`` ``name``) the site accepts; shell-style patterns such as
-            ``fedavg_*`` are allowed. The default ``["*"]`` accepts every job name, because the class allow-list
-            already limits what code a job can run.
+        accepted_algorithms: algorithm kinds (``ALGORITHM_KINDS``, or ``unknown`` for a workflow class the guard
+            cannot classify) the site takes part in; shell-style patterns such as ``dp_*`` are allowed. They are
+            matched against the deployed job's server workflows, not its name. The default ``["*"]`` accepts every
+            kind, because the class allow-list already limits what code a job can run.
+        accepted_job_names: job names (``meta.json`` ``name``, patterns allowed) the site accepts in addition to the
+            algorithm check; None (default) does not check names, since anyone who submits a job chooses its name.
         allow_custom_code: whether jobs may ship custom code (BYOC). False writes ``byoc: none`` for every role in
             the site's ``local/authorization.json``.
         privacy_filters: filters applied to every task result the site sends (``local/privacy.json``).
@@ -74,18 +91,44 @@ class SitePolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    accepted_jobs: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["*"])
+    accepted_algorithms: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["*"])
+    accepted_job_names: Annotated[list[str], Field(min_length=1)] | None = None
     allow_custom_code: bool = False
     privacy_filters: list[PrivacyFilter] = Field(default_factory=list)
     privacy_budget: PrivacyBudget | None = None
 
-    def rejection_reason(self, job_name: str) -> str | None:
-        """Return why this policy rejects a job named ``job_name``, or None when it accepts it."""
-        if any(fnmatch.fnmatchcase(job_name, pattern) for pattern in self.accepted_jobs):
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_job_name_field(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "accepted_jobs" in data:
+            raise ValueError(
+                "accepted_jobs is no longer read because it matched job names, which a renamed job slips past: list "
+                "algorithm kinds in accepted_algorithms, and job names in accepted_job_names only if names matter"
+            )
+        return data
+
+    def name_rejection(self, job_name: str) -> str | None:
+        """Return why this policy rejects a job named ``job_name``, or None when names are not checked or it matches."""
+        if self.accepted_job_names is None:
+            return None
+        if any(fnmatch.fnmatchcase(job_name, pattern) for pattern in self.accepted_job_names):
             return None
         return (
-            f"{REJECTION_PREFIX}: job {job_name!r} is not in this site's accepted_jobs {self.accepted_jobs}; "
-            f"the site's data owner can add it to {POLICY_FILE}"
+            f"{REJECTION_PREFIX}: job {job_name!r} is not in this site's accepted_job_names "
+            f"{self.accepted_job_names}; the site's data owner can add it to {POLICY_FILE}"
+        )
+
+    def algorithm_rejection(self, job_name: str, workflows: list[WorkflowKind]) -> str | None:
+        """Return why this policy rejects a job with these server ``workflows``, or None when it accepts all."""
+        if not workflows:
+            workflows = [WorkflowKind(path="no server workflow in the deployed app", kind=UNKNOWN_KIND)]
+        rejected = [w for w in workflows if not any(fnmatch.fnmatchcase(w.kind, p) for p in self.accepted_algorithms)]
+        if not rejected:
+            return None
+        found = ", ".join(f"{w.kind} ({w.path})" for w in rejected)
+        return (
+            f"{REJECTION_PREFIX}: job {job_name!r} runs {found}, which is not in this site's accepted_algorithms "
+            f"{self.accepted_algorithms}; the site's data owner can add it to {POLICY_FILE}"
         )
 
 
@@ -104,8 +147,11 @@ def load_site_policy(site_root: str | Path) -> SitePolicy:
         raise ValueError(f"site policy {path} is invalid: {exc.errors()[0]['msg']}; fix or restore it") from None
 
 
-class SitePolicyGuard(FLComponent):
-    """Site component that rejects the deployment of a job this site's policy does not accept."""
+class SitePolicyGuard(FLComponent, AppDeployerSpec):
+    """Site component that rejects the deployment of a job this site's policy does not accept.
+
+    Register it with the id ``app_deployer`` (``SITE_POLICY_GUARD_ID``), so FLARE deploys every job through it.
+    """
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type != EventType.AUTHORIZE_COMMAND_CHECK:
@@ -115,16 +161,48 @@ class SitePolicyGuard(FLComponent):
         items = fl_ctx.get_prop(FLContextKey.SECURITY_ITEMS) or {}
         meta = items.get(FLContextKey.JOB_META) or {}
         job_name = str(meta.get("name") or "")
-        job_id = meta.get("job_id")
+        engine = fl_ctx.get_engine()
         try:
-            reason = load_site_policy(_site_root(fl_ctx)).rejection_reason(job_name)
+            if engine.get_component(SITE_POLICY_GUARD_ID) is not self:
+                raise ValueError(
+                    f"the site policy guard is not the {SITE_POLICY_GUARD_ID!r} component of local/resources.json, "
+                    "so it cannot check the job's workflows; rebuild the kit or install its resources.json"
+                )
+            reason = load_site_policy(_site_root(fl_ctx)).name_rejection(job_name)
         except Exception as exc:  # noqa: BLE001 - any failure to check the policy rejects the job (fails closed)
             reason = f"{REJECTION_PREFIX}: {exc}"
         if reason is None:
             return
-        self.logger.warning("rejected job %s (%s): %s", job_id, job_name, reason)
+        self.logger.warning("rejected job %s (%s): %s", meta.get("job_id"), job_name, reason)
         fl_ctx.set_prop(FLContextKey.AUTHORIZATION_RESULT, False, sticky=False)
         fl_ctx.set_prop(FLContextKey.AUTHORIZATION_REASON, reason, sticky=False)
+
+    def deploy(
+        self, workspace: Workspace, job_id: str, job_meta: dict, app_name: str, app_data: bytes, fl_ctx: FLContext
+    ) -> str:
+        """Check the app's workflows against the policy, then deploy it with FLARE's ``AppDeployer``.
+
+        Returns:
+            The rejection reason, FLARE's deployment error, or "" when the app is deployed.
+        """
+        job_name = str((job_meta or {}).get("name") or "")
+        try:
+            policy = load_site_policy(workspace.get_root_dir())
+            reason = policy.name_rejection(job_name) or policy.algorithm_rejection(job_name, classify_app(app_data))
+        except Exception as exc:  # noqa: BLE001 - any failure to check the policy rejects the job (fails closed)
+            reason = f"{REJECTION_PREFIX}: {exc}"
+        if reason is not None:
+            self.logger.warning("rejected job %s (%s): %s", job_id, job_name, reason)
+            return reason
+        error = AppDeployer().deploy(
+            workspace=workspace,
+            job_id=job_id,
+            job_meta=job_meta,
+            app_name=app_name,
+            app_data=app_data,
+            fl_ctx=fl_ctx,
+        )
+        return error or ""
 
 
 def _site_root(fl_ctx: FLContext) -> str:

@@ -30,5 +30,7 @@ def small_consortium(folder: Path, *, demo_data: bool = False, policies: dict | 
 
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
-    policies = {"hospital-b": {"accepted_jobs": ["fedavg_*"], "privacy_budget": {"epsilon": 3.0, "delta": 1e-5}}}
+    policies = {
+        "hospital-b": {"accepted_algorithms": ["fedavg", "fedprox"], "privacy_budget": {"epsilon": 3.0, "delta": 1e-5}}
+    }
     return provision(small_consortium(tmp_path, policies=policies), tmp_path / "ws").workspace

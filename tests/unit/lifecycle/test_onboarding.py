@@ -37,10 +37,11 @@ def test_add_site_writes_kit_and_policy(workspace):
     local = site.kit_dir / "local"
     assert (site.kit_dir / "startup" / "client.crt").is_file()
     policy = json.loads((local / "consortia_policy.json").read_text())
-    assert policy["accepted_jobs"] == ["*"]
+    assert policy["accepted_algorithms"] == ["*"]
     assert policy["allow_custom_code"] is False
     resources = json.loads((local / "resources.json").read_text())
-    assert "app_custom.flare.site_policy_guard.SitePolicyGuard" in [c["path"] for c in resources["components"]]
+    guards = [c["id"] for c in resources["components"] if c["path"].endswith("site_policy_guard.SitePolicyGuard")]
+    assert guards == ["app_deployer"]
     consortium = yaml.safe_load((workspace.root / "consortium.yml").read_text())
     assert {"name": "hospital-d", "org": "hospital_d"} in consortium["sites"]
 

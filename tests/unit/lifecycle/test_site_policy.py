@@ -7,29 +7,48 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from app_custom.flare.algorithm_kinds import WorkflowKind
 from app_custom.flare.site_policy_guard import SitePolicy, load_site_policy, policy_rejections
 from provisioning.site_policy import authorization_with_byoc, privacy_config
 
 
 def test_default_policy_accepts_any_job():
     policy = SitePolicy()
-    assert policy.rejection_reason("fedavg_clinical") is None
+    assert policy.name_rejection("fedavg_clinical") is None
+    assert policy.algorithm_rejection("x", [WorkflowKind(path="some.Workflow", kind="unknown")]) is None
     assert policy.allow_custom_code is False
 
 
-def test_policy_rejects_unlisted_job():
-    policy = SitePolicy(accepted_jobs=["fedavg_*", "catfedavg_clinical"])
-    assert policy.rejection_reason("fedavg_clinical") is None
-    reason = policy.rejection_reason("unapproved_study")
+def test_policy_rejects_unlisted_job_name():
+    policy = SitePolicy(accepted_job_names=["fedavg_*", "catfedavg_clinical"])
+    assert policy.name_rejection("fedavg_clinical") is None
+    reason = policy.name_rejection("unapproved_study")
     assert reason is not None
-    assert "job 'unapproved_study' is not in this site's accepted_jobs" in reason
+    assert "job 'unapproved_study' is not in this site's accepted_job_names" in reason
     assert "consortia_policy.json" in reason
+
+
+def test_policy_rejects_unlisted_algorithm():
+    policy = SitePolicy(accepted_algorithms=["fedavg", "dp_*"])
+    assert policy.algorithm_rejection("a", [WorkflowKind(path="p", kind="dp_sgd")]) is None
+    reason = policy.algorithm_rejection("fedavg_study", [WorkflowKind(path="p.ConsortiaFedAvg", kind="catfedavg")])
+    assert reason is not None
+    assert "job 'fedavg_study' runs catfedavg (p.ConsortiaFedAvg)" in reason
+    assert "accepted_algorithms ['fedavg', 'dp_*']" in reason
+
+
+def test_policy_rejects_app_without_workflow():
+    reason = SitePolicy(accepted_algorithms=["fedavg"]).algorithm_rejection("a", [])
+    assert reason is not None
+    assert "unknown (no server workflow in the deployed app)" in reason
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"accepted_jobs": []}, "at least 1 item"),
+        ({"accepted_algorithms": []}, "at least 1 item"),
+        ({"accepted_job_names": []}, "at least 1 item"),
+        ({"accepted_jobs": ["fedavg_*"]}, "accepted_jobs is no longer read because it matched job names"),
         ({"privacy_budget": {"epsilon": 0, "delta": 1e-5}}, "greater than 0"),
         ({"privacy_budget": {"epsilon": 1, "delta": 1}}, "less than 1"),
         ({"byoc": True}, "Extra inputs are not permitted"),
@@ -44,7 +63,8 @@ def test_kit_policy_files(workspace):
     state = workspace.load()
     local = workspace.kit_dir(state, "hospital-b") / "local"
     policy = load_site_policy(local.parent)
-    assert policy.accepted_jobs == ["fedavg_*"]
+    assert policy.accepted_algorithms == ["fedavg", "fedprox"]
+    assert policy.accepted_job_names is None
     site_config = json.loads((local / "consortia_site.json").read_text())
     assert site_config["privacy_budget"] == {"epsilon": 3.0, "delta": 1e-5}
     authorization = json.loads((local / "authorization.json").read_text())
@@ -64,7 +84,7 @@ def test_missing_policy_file(tmp_path):
 
 def test_invalid_policy_file(tmp_path):
     (tmp_path / "local").mkdir()
-    (tmp_path / "local" / "consortia_policy.json").write_text('{"accepted_jobs": []}')
+    (tmp_path / "local" / "consortia_policy.json").write_text('{"accepted_algorithms": []}')
     with pytest.raises(ValueError, match="consortia_policy.json is invalid"):
         load_site_policy(tmp_path)
 
@@ -83,7 +103,9 @@ def test_byoc_off_expands_string_roles():
 
 
 def test_privacy_config_from_filters():
-    policy = SitePolicy(privacy_filters=[{"path": "nvflare.app_common.filters.ExcludeVars", "args": {"exclude_vars": ["x"]}}])
+    policy = SitePolicy(
+        privacy_filters=[{"path": "nvflare.app_common.filters.ExcludeVars", "args": {"exclude_vars": ["x"]}}]
+    )
     config = privacy_config(policy)
     assert config == {
         "scopes": [
