@@ -1,4 +1,5 @@
 import pytest
+from nvflare.apis.impl.wf_comm_server import WFCommServer
 
 from app_custom.flare.controller import ConsortiaFedAvg
 
@@ -43,3 +44,10 @@ def test_candidates_vary_between_rounds():
 def test_invalid_settings_rejected(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         ConsortiaFedAvg(**kwargs)
+
+
+def test_check_period_reaches_monitor():
+    workflow = ConsortiaFedAvg(task_check_period=0.05)
+    workflow.set_communicator(WFCommServer())
+    workflow._apply_task_check_period()
+    assert workflow.communicator._task_check_period == 0.05

@@ -41,3 +41,9 @@ def test_unknown_script_rejected():
 def test_job_cannot_choose_data_dir():
     with pytest.raises(ValueError, match="must not set --data-dir"):
         SiteTrainer(script="tabular", script_args="--data-dir /etc")
+
+
+@pytest.mark.parametrize("interval", [0, -0.1, 6, True, "0.1"])
+def test_bad_result_poll_interval(interval):
+    with pytest.raises(ValueError, match="invalid result_poll_interval"):
+        SiteTrainer(script="tabular", result_poll_interval=interval)
