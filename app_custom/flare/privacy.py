@@ -8,7 +8,9 @@
   adds Gaussian noise to the aggregate and emits one ``privacy.spent`` event per round (mechanism "dp-fedavg",
   no site) with the RDP-accounted epsilon of the job so far.
 - ``secure_aggregation``: the sites encrypt their params (``he_filters``) and the server adds ciphertexts
-  (``he_aggregator``) with the public context from its kit. The server never loads a secret key.
+  (``he_aggregator``) with the public context from its kit. The server never loads a secret key. After each
+  round it saves the encrypted aggregate to ``encrypted_global_model.json`` in its app folder of the job, which a
+  site kit decrypts (``app_custom.core.privacy.he_model``).
 
 ``client_dp`` and ``secure_aggregation`` exclude each other, because the noise needs plaintext updates.
 """
@@ -16,9 +18,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from nvflare.apis.fl_constant import FLContextKey
 from nvflare.app_common.abstract.fl_model import FLModel
 from pydantic import Field, FiniteFloat
 
@@ -27,10 +31,11 @@ from app_custom.core.privacy._validation import PrivacyConfigModel
 from app_custom.core.privacy.client_dp import ClientDPConfig
 from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacySetting, PrivacyError
 from app_custom.core.privacy.he import get_preset
+from app_custom.core.privacy.he_model import ENCRYPTED_MODEL_FILE, EncryptedModel, save_encrypted_model
 from app_custom.core.round_metrics import clean_metrics
 from app_custom.flare.controller import ConsortiaFedAvg
 from app_custom.flare.dp_aggregator import ClientDPRoundAggregator
-from app_custom.flare.he_aggregator import HE_META_SHAPES, EncryptedRoundAggregator, shapes_of
+from app_custom.flare.he_aggregator import HE_META_SHAPES, HE_META_TOTAL_WEIGHT, EncryptedRoundAggregator, shapes_of
 from app_custom.flare.he_context import SERVER_CONTEXT_FILE, load_kit_context
 
 __all__ = ["PrivateFedAvg", "SecureAggregationConfig", "SiteDPPolicy"]
@@ -171,11 +176,31 @@ class PrivateFedAvg(ConsortiaFedAvg):
         return new_model
 
     def save_model(self, model: FLModel) -> None:
-        if self._he is not None:
-            # The global model is a sum of ciphertexts that FLARE's PyTorch persistor cannot store.
-            # NOTE: the server therefore keeps no copy of an HE job's global model; only the sites have it, decrypted.
+        if self._he is None:
+            super().save_model(model)
             return
-        super().save_model(model)
+        # FLARE's PyTorch persistor cannot store ciphertexts, so the encrypted aggregate goes to a file of its own
+        # in the job's server app folder, next to where the persistor would save a plaintext model.
+        assert self.secure_aggregation is not None
+        app_root = self.fl_ctx.get_prop(FLContextKey.APP_ROOT)
+        if not app_root:
+            self.warning(f"round {self._round}: no app folder in the FL context; the encrypted model is not saved")
+            return
+        meta = model.meta or {}
+        encrypted = EncryptedModel(
+            preset=self.secure_aggregation.preset,
+            round=self._round,
+            total_weight=float(meta[HE_META_TOTAL_WEIGHT]),
+            shapes={key: tuple(shape) for key, shape in meta[HE_META_SHAPES].items()},
+            ciphertexts={key: list(chunks) for key, chunks in (model.params or {}).items()},
+        )
+        path = Path(app_root) / ENCRYPTED_MODEL_FILE
+        try:
+            save_encrypted_model(path, encrypted)
+        except OSError as error:
+            self.warning(f"round {self._round}: cannot save the encrypted global model to {path}: {error}")
+            return
+        self.info(f"round {self._round}: saved the encrypted global model to {path}")
 
     # ------------------------------------------------------------------ results
 
