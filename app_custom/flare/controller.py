@@ -62,8 +62,8 @@ class ConsortiaFedAvg(ModelController):
             sites are chosen every round); None trains every site.
         final_evaluation: evaluate the final global model at every site after the last round.
         persistor_id: component id of the model persistor.
-        task_check_period: seconds between checks of outstanding tasks, both FLARE's and this workflow's; a round
-            closes up to two periods after its last result arrives.
+        task_check_period: seconds between checks of outstanding tasks, by FLARE's task monitor and by this
+            workflow. A round closes up to two periods after its last result arrives.
     """
 
     def __init__(
