@@ -42,6 +42,12 @@ from app_custom.flare.revocation_guard import ALL_SITES, revoked_site_names
 METADATA_ROUND = -1
 # Reason codes a site may send in meta["refused"]; the admin service's event schema accepts the same pattern.
 REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Refusal codes that hold for the rest of the job, so the site gets no further tasks: its policy (``site_policy``),
+# its data (``site_data_invalid``, from the training script) and its privacy budget or ledger (``privacy_*``, from
+# ``app_custom.flare.dp_site``) do not change between rounds. Any other code is treated as transient.
+PERMANENT_REFUSALS = frozenset(
+    {"site_policy", "site_data_invalid", "privacy_budget_exhausted", "privacy_budget_invalid", "privacy_ledger_invalid"}
+)
 
 
 class ConsortiaFedAvg(ModelController):
@@ -50,7 +56,8 @@ class ConsortiaFedAvg(ModelController):
     Args:
         num_rounds: number of training rounds.
         min_sites: valid contributions needed per round; ``None`` means every site that is connected at start
-            (or every selected site with ``site_selection``).
+            (or every selected site with ``site_selection``), less the sites that refused with a code in
+            ``PERMANENT_REFUSALS``. Those sites get no further tasks in the job.
         round_timeout: seconds a round waits for sites before it closes with what arrived (0 waits forever).
         wait_time_after_min_received: seconds to keep waiting for late sites once ``min_sites`` have responded.
         max_update_norm: reject a contribution whose L2 distance to the global model exceeds this (None: no bound).
@@ -105,6 +112,7 @@ class ConsortiaFedAvg(ModelController):
         self._site_metrics: dict[str, dict[str, Any]] = {}
         self._class_counts: dict[str, list[int]] = {}
         self._responded: set[str] = set()
+        self._excluded: dict[str, str] = {}
         self._rejected = 0
         self._bytes_uploaded = 0
         self._round = 0
@@ -128,20 +136,22 @@ class ConsortiaFedAvg(ModelController):
         if self.site_selection:
             self._collect_class_counts(model, sites)
         for self._round in range(self.num_rounds):
+            sites = self._without_excluded(sites)
             targets = self._select_sites(sites)
             model = self._run_round(model, targets)
             if model is None:
                 return
             self.save_model(model)
         if self.final_evaluation:
-            self._evaluate_final(model, sites)
+            self._evaluate_final(model, [site for site in sites if site not in self._excluded])
         self.info(f"training finished after round {self.num_rounds - 1}")
 
     def _run_round(self, model: FLModel, targets: list[str]) -> FLModel | None:
         current = self._round
         required = self._required_sites(targets)
         self.info(f"round {current} started with sites {targets}")
-        self._emit("round.started", payload={"num_rounds": self.num_rounds, "sites": targets})
+        excluded = {"excluded_sites": dict(self._excluded)} if self._excluded else {}
+        self._emit("round.started", payload={"num_rounds": self.num_rounds, "sites": targets, **excluded})
         self._start_collecting(model)
         model.current_round = current
         model.total_rounds = self.num_rounds
@@ -149,6 +159,7 @@ class ConsortiaFedAvg(ModelController):
         if self.abort_signal.triggered:
             return None
         self._report_missing(targets)
+        required = self._required_after_refusals(targets, required)
         accepted = self.round_aggregator.count
         if accepted < required:
             self._stop_job(
@@ -250,7 +261,10 @@ class ConsortiaFedAvg(ModelController):
             # The site declined to train, for example because its privacy budget is spent; keep its reason code.
             code = str(refused) if REASON_CODE.fullmatch(str(refused)) else "refused"
             reason = str((result.meta or {}).get("reason") or "the site refused to train")[:4000]
-            self._reject(site, code, reason)
+            permanent = code in PERMANENT_REFUSALS
+            if permanent:
+                self._excluded[site] = code
+            self._reject(site, code, reason, excluded=permanent)
             return None
         if not result.params:
             self._reject(site, "missing_params", "the site's result carries no model parameters")
@@ -290,10 +304,29 @@ class ConsortiaFedAvg(ModelController):
                 self._reject(client_name, "site_error", f"the site failed the task with return code {return_code}")
         return accepted
 
-    def _reject(self, site: str, reason_code: str, reason: str) -> None:
+    def _reject(self, site: str, reason_code: str, reason: str, *, excluded: bool = False) -> None:
         self._rejected += 1
         self.warning(f"round {self._round}: rejected contribution of {site}: {reason}")
-        self._emit("contribution.rejected", site=site, payload={"reason_code": reason_code, "reason": reason})
+        payload: dict[str, Any] = {"reason_code": reason_code, "reason": reason}
+        if excluded:
+            # The admin service stores unknown payload fields as sent, so this needs no schema change.
+            payload["excluded_from_job"] = True
+            self.warning(f"round {self._round}: {site} refused with {reason_code}: it gets no further tasks")
+        self._emit("contribution.rejected", site=site, payload=payload)
+
+    def _without_excluded(self, sites: list[str]) -> list[str]:
+        """Return ``sites`` without those that refused permanently, logging when that drops any."""
+        remaining = [site for site in sites if site not in self._excluded]
+        if len(remaining) < len(sites):
+            dropped = {site: self._excluded[site] for site in sites if site in self._excluded}
+            self.info(f"round {self._round}: sending no tasks to {dropped} (permanent refusals)")
+        return remaining
+
+    def _required_after_refusals(self, targets: list[str], required: int) -> int:
+        """Lower the round's required contributions by the sites that refused permanently, when min_sites is all."""
+        if self.min_sites is not None:
+            return required
+        return max(1, len([site for site in targets if site not in self._excluded]))
 
     def _report_missing(self, sites: list[str]) -> None:
         elapsed = time.monotonic() - self._broadcast_started

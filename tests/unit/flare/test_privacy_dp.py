@@ -341,14 +341,18 @@ def fl_model(**fields):
 
 
 @pytest.mark.parametrize(
-    ("refused", "code"), [("privacy_budget_exhausted", "privacy_budget_exhausted"), ("Bad Code!", "refused")]
+    ("refused", "code", "extra"),
+    [
+        ("privacy_budget_exhausted", "privacy_budget_exhausted", {"excluded_from_job": True}),
+        ("Bad Code!", "refused", {}),
+    ],
 )
-def test_refused_result_recorded(refused, code):
+def test_refused_result_recorded(refused, code, extra):
     workflow = ConsortiaFedAvg(num_rounds=1)
     recorder = recording(workflow)
     result = fl_model(metrics={"global_roc_auc": 0.6}, meta={"client_name": "b", "refused": refused, "reason": "why"})
     assert workflow._accept("b", result) is None
-    assert recorder.events == [("contribution.rejected", "b", {"reason_code": code, "reason": "why"})]
+    assert recorder.events == [("contribution.rejected", "b", {"reason_code": code, "reason": "why", **extra})]
 
 
 def test_site_dp_epsilon_emitted_and_bounded():
