@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from admin_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from admin_api.api.openapi import document_problem_responses
 from admin_api.api.problems import install_problem_handlers
 from admin_api.api.routes import audit, events, health, jobs, ops, reports, sites, users
 from admin_api.db import Database
@@ -169,4 +170,5 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     for module in (health, events, jobs, sites, audit, reports, ops, users):
         app.include_router(module.router)
+    document_problem_responses(app)
     return app

@@ -168,6 +168,11 @@ def _example_config(event_type: str) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
 
 
+def _payload_examples(event_type: str) -> dict[str, Any]:
+    """Return the OpenAPI examples of the payload of ``event_type``, for the payload model's config."""
+    return {"examples": [_EXAMPLE_PAYLOADS[event_type]]}
+
+
 class _Payload(BaseModel):
     """Base of the payload models: unknown fields are kept and stored in the audit event."""
 
@@ -209,7 +214,7 @@ class EventBase(BaseModel):
         return self
 
 
-class JobSubmittedPayload(_Payload):
+class JobSubmittedPayload(_Payload, json_schema_extra=_payload_examples("job.submitted")):
     name: ShortText
     submitter: ShortText
     submitter_org: ShortText
@@ -225,7 +230,7 @@ class JobSubmittedEvent(EventBase):
     payload: JobSubmittedPayload
 
 
-class JobStartedPayload(_Payload):
+class JobStartedPayload(_Payload, json_schema_extra=_payload_examples("job.started")):
     name: ShortText | None = None
     sites: list[SiteName]
     num_rounds: Count | None = None
@@ -245,7 +250,7 @@ class JobStartedEvent(EventBase):
     payload: JobStartedPayload
 
 
-class RoundStartedPayload(_Payload):
+class RoundStartedPayload(_Payload, json_schema_extra=_payload_examples("round.started")):
     num_rounds: Annotated[StrictInt, Field(ge=1)]
     sites: list[SiteName]
 
@@ -261,7 +266,7 @@ class RoundStartedEvent(EventBase):
     payload: RoundStartedPayload
 
 
-class ContributionAcceptedPayload(_Payload):
+class ContributionAcceptedPayload(_Payload, json_schema_extra=_payload_examples("contribution.accepted")):
     num_examples: Count
     metrics: Metrics = Field(default_factory=dict)
 
@@ -278,7 +283,7 @@ class ContributionAcceptedEvent(EventBase):
     payload: ContributionAcceptedPayload
 
 
-class ContributionRejectedPayload(_Payload):
+class ContributionRejectedPayload(_Payload, json_schema_extra=_payload_examples("contribution.rejected")):
     reason_code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     reason: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 
@@ -295,7 +300,7 @@ class ContributionRejectedEvent(EventBase):
     payload: ContributionRejectedPayload
 
 
-class RoundCompletedPayload(_Payload):
+class RoundCompletedPayload(_Payload, json_schema_extra=_payload_examples("round.completed")):
     num_accepted: Count
     num_rejected: Count
     global_metrics: Metrics = Field(default_factory=dict)
@@ -313,7 +318,7 @@ class RoundCompletedEvent(EventBase):
     payload: RoundCompletedPayload
 
 
-class JobFinishedPayload(_Payload):
+class JobFinishedPayload(_Payload, json_schema_extra=_payload_examples("job.finished")):
     status: JobStatus
 
     @field_validator("status")
@@ -333,7 +338,7 @@ class JobFinishedEvent(EventBase):
     payload: JobFinishedPayload
 
 
-class SiteJoinedPayload(_Payload):
+class SiteJoinedPayload(_Payload, json_schema_extra=_payload_examples("site.joined")):
     org: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
 
 
@@ -349,7 +354,7 @@ class SiteJoinedEvent(EventBase):
     payload: SiteJoinedPayload = Field(default_factory=SiteJoinedPayload)
 
 
-class SiteLeftPayload(_Payload):
+class SiteLeftPayload(_Payload, json_schema_extra=_payload_examples("site.left")):
     """No fields are required."""
 
 
@@ -365,7 +370,7 @@ class SiteLeftEvent(EventBase):
     payload: SiteLeftPayload = Field(default_factory=SiteLeftPayload)
 
 
-class PrivacySpentPayload(_Payload):
+class PrivacySpentPayload(_Payload, json_schema_extra=_payload_examples("privacy.spent")):
     epsilon: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
     delta: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)]
 
@@ -379,7 +384,7 @@ class PrivacySpentEvent(EventBase):
     payload: PrivacySpentPayload
 
 
-class KitIssuedPayload(_Payload):
+class KitIssuedPayload(_Payload, json_schema_extra=_payload_examples("kit.issued")):
     participant: ShortText
     role: ShortText
     certificate_fingerprint: ShortText
