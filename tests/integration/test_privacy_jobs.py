@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import tenseal as ts
 
+from app_custom.core.privacy.he_model import ENCRYPTED_MODEL_FILE, decrypt_model_file, load_encrypted_model
+from app_custom.models.mlp import TabularMLP
 from consortia import federation
 from provisioning.provision import provision
 from tests.integration.conftest import Federation, two_site_consortium
@@ -148,6 +151,41 @@ def test_he_job_matches_plaintext_quality(he_federation):
     assert accepted
     assert all(event["details"]["payload"]["upload_bytes"] > 200_000 for event in accepted)
     assert by_round[2]["global_metrics"]["roc_auc"] > by_round[0]["global_metrics"]["roc_auc"]
+
+
+def download_result(fed: Federation, job_id: str) -> Path:
+    destination = fed.scratch / f"result-{job_id}"
+    destination.mkdir(exist_ok=True)
+    with federation.flare_session(fed.workspace, fed.state, fed.state.lead_user) as session:
+        return Path(session.download_job_result(job_id, destination=str(destination)))
+
+
+def test_he_server_keeps_encrypted_model(he_federation):
+    fed = he_federation
+    job_id = fed.submit("he_fedavg_clinical", num_rounds=2)
+    job = fed.wait_for(job_id, finished, timeout=300)
+    assert job["status"] == "FINISHED:COMPLETED"
+
+    result = download_result(fed, job_id)
+    saved = sorted(result.rglob(ENCRYPTED_MODEL_FILE))
+    assert len(saved) == 1
+    assert load_encrypted_model(saved[0]).round == 1
+    params = decrypt_model_file(saved[0], fed.workspace.kit_dir(fed.state, "hospital-a"))
+    expected = TabularMLP(hidden=(32, 16), seed=0).state_dict()
+    assert {key: value.shape for key, value in params.items()} == {
+        key: tuple(value.shape) for key, value in expected.items()
+    }
+    assert all(np.all(np.isfinite(value)) for value in params.values())
+    assert any(not np.allclose(params[key], expected[key].numpy()) for key in expected)  # trained, not initial
+
+    assert not list(result.rglob("client_context.tenseal"))
+    for path in result.rglob("*"):
+        if path.is_file() and path.stat().st_size > 100_000:  # a secret context is about 480 KB
+            try:
+                context = ts.context_from(path.read_bytes())
+            except (ValueError, TypeError, RuntimeError):
+                continue
+            assert not context.is_private(), f"{path} contains a secret key"
 
 
 def test_dp_he_job_completes(he_federation):
