@@ -1,16 +1,19 @@
-"""ORM model of the append-only audit chain. Only ``admin_api.services.audit`` writes it."""
+"""ORM models of the append-only audit chain and its verified checkpoints.
+
+Only ``admin_api.services.audit`` writes audit events; only ``admin_api.services.checkpoints`` writes checkpoints.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, Text
+from sqlalchemy import JSON, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from admin_api.models.base import Base, UtcDateTime
 
-__all__ = ["AuditEvent"]
+__all__ = ["AuditCheckpoint", "AuditEvent"]
 
 
 class AuditEvent(Base):
@@ -31,3 +34,20 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditCheckpoint(Base):
+    """A chain position that a verification found valid: the event at ``seq`` had ``hash`` at ``verified_at``.
+
+    A later verification may start at the newest checkpoint instead of seq 1, after checking that the event at
+    ``seq`` still has ``hash``. ``verified_from_seq`` is None when the walk that wrote the checkpoint started at
+    seq 1, else the seq of the checkpoint it started from. Rows are append-only, like audit events.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    verified_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    verified_from_seq: Mapped[int | None] = mapped_column(Integer)

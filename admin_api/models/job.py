@@ -40,6 +40,8 @@ class Job(Base):
     sites: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # When the stuck-job detector first found the RUNNING job without a job process; None while one runs.
+    missing_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     transitions: Mapped[list[JobStatusTransition]] = relationship(
         back_populates="job", order_by="JobStatusTransition.id"

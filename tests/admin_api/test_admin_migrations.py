@@ -9,16 +9,19 @@ from sqlalchemy import inspect
 from admin_api.db import Database, upgrade
 from admin_api.models import Base
 
-HEAD = "0002_users_tokens"
+HEAD = "0003_ledger_certs_checkpoints"
 TABLES = {
     "alembic_version",
     "api_tokens",
+    "audit_checkpoints",
     "audit_events",
+    "certificates",
     "contributions",
     "ingested_events",
     "job_status_transitions",
     "jobs",
     "log_cursors",
+    "privacy_spends",
     "round_metrics",
     "sites",
     "users",
