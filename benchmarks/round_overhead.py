@@ -1,7 +1,7 @@
 """Round overhead of FLARE's stock FedAvg controller and ours on a provisioned 3-site federation, side by side.
 
 Both jobs run the same site executor and training script on the same federation, one after the other, so the only
-difference is the server workflow and its task polling settings. For each job the script reads the server's job log
+differences are the server workflow and the polling intervals. For each job the script reads the server's job log
 (downloaded with the job result) for the time at which each round started, and takes a round's wall time as the
 gap between consecutive round starts. Site training time is measured in this process on each site's own data with
 the job's settings; a round cannot be faster than its slowest site, so
@@ -16,8 +16,8 @@ With ``--waiting-cpu`` it then runs two more jobs, at FLARE's default polling in
 sites finish early and wait for their next task, and reports the median CPU use of the server and of the site that
 waited most.
 
-Usage: ``python -m benchmarks.round_overhead [--rounds 6] [--waiting-cpu]``; results go to the "Round overhead" section of
-``docs/benchmarks.md``. Everything is written to a temporary folder and every started process is stopped.
+Usage: ``python -m benchmarks.round_overhead [--rounds 6] [--waiting-cpu]``; results go to the "Round overhead"
+section of ``docs/benchmarks.md``. Everything is written to a temporary folder and every started process is stopped.
 """
 
 from __future__ import annotations
