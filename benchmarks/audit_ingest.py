@@ -12,6 +12,7 @@ For each database the script measures, in this order:
    SQLite). Before any report is timed, ``verify_chain`` must accept the filled chain, so a fill that hashed
    differently from the service stops the run. Then the script times a bare ``verify_chain``, a job report as JSON,
    CSV and PDF, and a period report over the whole range. Each report verifies the full chain and is signed.
+   Above ``--all-reports-up-to`` events only ``verify_chain`` and the JSON job report are timed.
 
 PostgreSQL runs in a schema of its own, ``bench_<random hex>``, dropped at the end; SQLite in a temporary folder.
 Usage: ``python -m benchmarks.audit_ingest [--sizes 100000,1000000] [--databases sqlite,postgresql]``. Results go to
@@ -65,7 +66,7 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 _EVENTS: TypeAdapter[list[Any]] = TypeAdapter(list[EventCreate])
 REPORT_COLUMNS = ("verify_chain", "job json", "job csv", "job pdf", "period json")
 LARGE_REPORT_COLUMNS = ("verify_chain", "job json")
-"""Columns timed above ``--all-reports-up-to``: every report walks the whole chain, so the others add little news."""
+"""Columns timed above ``--all-reports-up-to``. Every report walks the whole chain, so the others cost about the same."""
 
 
 @dataclass
@@ -229,9 +230,9 @@ def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def bulk_fill_chain(database: Database, target: int, batch: int) -> float:
-    """Extend the audit chain to ``target`` events in transactions of ``batch`` rows; return the rate in events/s.
+    """Extend the audit chain to ``target`` events in transactions of ``batch`` rows and return the rate in events/s.
 
-    Benchmark setup only: this skips the service's per-event checks, which is safe because the caller runs
+    Benchmark setup only. It skips the service's per-event checks, which is safe because the caller runs
     ``verify_chain`` over the result before timing anything.
     """
     seq, prev_hash = chain_head(database)
@@ -254,7 +255,11 @@ def timed(function: Callable[[], Any]) -> float:
 
 
 def measure_reports(database: Database, signer: ReportSigner, size: int, columns: tuple[str, ...]) -> dict[str, float]:
-    """Time a bare ``verify_chain`` and the reports in ``columns``; raise unless the chain of ``size`` events is valid."""
+    """Time a bare ``verify_chain`` and the reports in ``columns``, after checking that the chain of ``size`` is valid.
+
+    Raises:
+        RuntimeError: ``verify_chain`` rejected the chain or counted other than ``size`` events.
+    """
     times: dict[str, float] = {}
     end = START + timedelta(days=60)
     renderers: dict[str, Callable[[Session], Any]] = {
@@ -387,7 +392,7 @@ def main() -> None:
         "--all-reports-up-to",
         type=int,
         default=100_000,
-        help="largest chain size at which every report is timed; above it only verify_chain and the job JSON report",
+        help="largest chain size at which every report is timed (above it, only verify_chain and the job JSON report)",
     )
     parser.add_argument("--no-write", action="store_true", help="print the section instead of updating the doc")
     args = parser.parse_args()
