@@ -14,6 +14,8 @@ Hand-written because FLARE 2.9 issues certificates but neither lists their expir
 
 The server rejects a revoked site by name and any revoked certificate by its SHA-256 fingerprint or serial (see
 ``app_custom.flare.revocation_guard``), so after a rotation the old key no longer registers, while the new kit does.
+NOTE: the check runs at registration only. A site process that registered with the old certificate before the
+rotation keeps its session until it stops.
 
 Exceptions: ``RevocationError`` for invalid requests; ``ProvisioningError`` and ``KitBuildError`` from the steps that
 provision or read the root CA.

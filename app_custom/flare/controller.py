@@ -42,9 +42,9 @@ from app_custom.flare.revocation_guard import ALL_SITES, revoked_site_names
 METADATA_ROUND = -1
 # Reason codes a site may send in meta["refused"]; the admin service's event schema accepts the same pattern.
 REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-# Refusal codes that hold for the rest of the job, so the site gets no further tasks: its policy (``site_policy``),
-# its data (``site_data_invalid``, from the training script) and its privacy budget or ledger (``privacy_*``, from
-# ``app_custom.flare.dp_site``) do not change between rounds. Any other code is treated as transient.
+# Refusal codes after which the site gets no further tasks in the job, because the cause does not change between
+# rounds. They cover the site's policy, its data (``site_data_invalid`` from the training script) and its privacy
+# budget or ledger (``privacy_*`` from ``app_custom.flare.dp_site``). Any other code is treated as transient.
 PERMANENT_REFUSALS = frozenset(
     {"site_policy", "site_data_invalid", "privacy_budget_exhausted", "privacy_budget_invalid", "privacy_ledger_invalid"}
 )
