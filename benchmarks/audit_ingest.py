@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 import psycopg
 from pydantic import TypeAdapter
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -308,6 +309,46 @@ def database_url(name: str, scratch: Path, postgres_base: str) -> Iterator[str]:
             yield url
 
 
+def profile_statements(database: Database, num_events: int) -> str:
+    """Ingest ``num_events`` events one per transaction and return the SQL statements per event with their mean time.
+
+    The time of a statement is measured around the driver's ``execute``, so it includes the round trip to the server.
+    """
+    stats: dict[str, list[float]] = {}
+    started_at: dict[int, float] = {}
+
+    def before(_conn: Any, cursor: Any, *_args: Any) -> None:
+        started_at[id(cursor)] = time.perf_counter()
+
+    def after(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        entry = stats.setdefault(" ".join(statement.split())[:60], [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - started_at.pop(id(cursor))
+
+    events = _EVENTS.validate_python(many_job_events(num_events + 50, "profile"))
+    for event in events[:50]:  # warm the caches and the connection pool
+        with database.write_session() as session:
+            ingest_events(session, [event])
+    sqlalchemy_event.listen(database.engine, "before_cursor_execute", before)
+    sqlalchemy_event.listen(database.engine, "after_cursor_execute", after)
+    started = time.perf_counter()
+    for event in events[50 : 50 + num_events]:
+        with database.write_session() as session:
+            ingest_events(session, [event])
+    elapsed_ms = (time.perf_counter() - started) * 1000 / num_events
+    sqlalchemy_event.remove(database.engine, "before_cursor_execute", before)
+    sqlalchemy_event.remove(database.engine, "after_cursor_execute", after)
+
+    statements = sum(count for count, _ in stats.values()) / num_events
+    sql_ms = sum(seconds for _, seconds in stats.values()) * 1000 / num_events
+    lines = [
+        f"{database.dialect_name}: {elapsed_ms:.1f} ms per event, {statements:.1f} statements, {sql_ms:.1f} ms in SQL"
+    ]
+    for text_start, (count, seconds) in sorted(stats.items(), key=lambda item: -item[1][1]):
+        lines.append(f"  {count / num_events:5.2f} per event, {seconds * 1000 / count:6.2f} ms each: {text_start}")
+    return "\n".join(lines)
+
+
 def run_database(name: str, args: argparse.Namespace, scratch: Path) -> DatabaseResult:
     result = DatabaseResult(name=name)
     signer = ReportSigner(scratch / "report_signing_key.pem")
@@ -315,6 +356,9 @@ def run_database(name: str, args: argparse.Namespace, scratch: Path) -> Database
         database = Database(url)
         database.upgrade()
         try:
+            if args.profile_statements:
+                print(profile_statements(database, args.profile_statements), flush=True)
+                return result
             result.service_rate = measure_service_ingest(database, args.ingest_events)
             print(f"{name}: service ingest {result.service_rate:.0f} events/s", flush=True)
             with admin_service(url, scratch / "report_signing_key.pem") as base:
@@ -394,6 +438,12 @@ def main() -> None:
         default=100_000,
         help="largest chain size at which every report is timed (above it, only verify_chain and the job JSON report)",
     )
+    parser.add_argument(
+        "--profile-statements",
+        type=int,
+        default=0,
+        help="only profile the SQL statements of this many single-event ingests per database, and print them",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the section instead of updating the doc")
     args = parser.parse_args()
     args.sizes = sorted(int(size) for size in args.sizes.split(","))
@@ -402,6 +452,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as scratch:
         for name in args.databases.split(","):
             results.append(run_database(name, args, Path(scratch)))
+    if args.profile_statements:
+        print(f"load average: {' '.join(f'{value:.1f}' for value in os.getloadavg())}")
+        return
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     section = render_section(results, args, load)
     print(section)
