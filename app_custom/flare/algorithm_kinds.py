@@ -98,7 +98,7 @@ def _script_args(client_config: dict[str, Any]) -> list[str]:
 
 
 def _result_filter_paths(client_config: dict[str, Any]) -> set[str]:
-    paths = set()
+    paths: set[str] = set()
     for chain in client_config.get("task_result_filters") or []:
         paths.update(str(f.get("path") or f.get("name")) for f in chain.get("filters") or [])
     return paths
