@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from admin_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from admin_api.api.openapi import document_problem_responses
 from admin_api.api.problems import install_problem_handlers
-from admin_api.api.routes import audit, events, health, jobs, ops, reports, sites, users
+from admin_api.api.routes import audit, events, health, jobs, ops, privacy, reports, sites, users
 from admin_api.db import Database
 from admin_api.services.console_audit import ConsoleAuditIngester
 from admin_api.services.flare_actions import FlareActions, FlareApiActions
@@ -168,7 +168,7 @@ def create_app(
     # Added last, so it runs first: the body limit's 413 carries the request id too.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, events, jobs, sites, audit, reports, ops, users):
+    for module in (health, events, jobs, sites, privacy, audit, reports, ops, users):
         app.include_router(module.router)
     document_problem_responses(app)
     return app

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=5.0, description="Seconds between two reconciler passes over FLARE's job list."
     )
+    cert_warn_days: Annotated[int, Field(ge=0, le=3650)] = Field(
+        default=30,
+        description="Certificates expiring in fewer days than this get a warning in /api/v1/sites/certificates.",
+    )
     host: str = Field(default="127.0.0.1", description="Interface uvicorn binds to.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8080, description="TCP port uvicorn listens on.")
 

@@ -9,7 +9,8 @@ Three kinds of bearer token exist:
 
 A route declares the scope it needs with ``require_scope``. ``ROLE_SCOPES`` is the role matrix; ``docs/roles.md``
 shows the same table. Scopes decide which routes a role may call. The row checks below (``can_read_job``,
-``authorize_abort``, ``visible_org``) decide which jobs, sites and users an org admin or a lead may see or change.
+``authorize_abort``, ``visible_org``) decide which jobs, sites, users, privacy spends and certificates an org admin
+or a lead may see or change.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Scope(StrEnum):
     USERS_READ = "users:read"
     JOBS_SUBMIT = "jobs:submit"
     JOBS_ABORT = "jobs:abort"
+    PRIVACY_READ = "privacy:read"
+    CERTIFICATES_READ = "certificates:read"
 
 
 class Role(StrEnum):
@@ -81,14 +84,36 @@ ROLE_SCOPES: Mapping[Role, frozenset[Scope]] = {
             Scope.USERS_READ,
             Scope.JOBS_SUBMIT,
             Scope.JOBS_ABORT,
+            Scope.PRIVACY_READ,
+            Scope.CERTIFICATES_READ,
         }
     ),
-    # Row checks narrow an org admin to its org's jobs, sites and users, and its aborts to jobs its org submitted.
-    Role.ORG_ADMIN: frozenset({Scope.READ, Scope.REPORTS_READ, Scope.USERS_READ, Scope.JOBS_ABORT}),
-    # A lead may abort only the jobs it submitted (a row check).
-    Role.LEAD: frozenset({Scope.READ, Scope.REPORTS_READ, Scope.JOBS_SUBMIT, Scope.JOBS_ABORT}),
+    # Row checks narrow an org admin to its org's jobs, sites, users, privacy spends and certificates, and its
+    # aborts to jobs its org submitted.
+    Role.ORG_ADMIN: frozenset(
+        {
+            Scope.READ,
+            Scope.REPORTS_READ,
+            Scope.USERS_READ,
+            Scope.JOBS_ABORT,
+            Scope.PRIVACY_READ,
+            Scope.CERTIFICATES_READ,
+        }
+    ),
+    # A lead may abort only the jobs it submitted (a row check). It reads the privacy ledger, whose per-site epsilons
+    # its job reports show anyway, but not certificates, which list the users it may not list.
+    Role.LEAD: frozenset({Scope.READ, Scope.REPORTS_READ, Scope.JOBS_SUBMIT, Scope.JOBS_ABORT, Scope.PRIVACY_READ}),
     Role.MEMBER: frozenset({Scope.READ}),
-    Role.COMPLIANCE_OFFICER: frozenset({Scope.READ, Scope.AUDIT_READ, Scope.REPORTS_READ, Scope.USERS_READ}),
+    Role.COMPLIANCE_OFFICER: frozenset(
+        {
+            Scope.READ,
+            Scope.AUDIT_READ,
+            Scope.REPORTS_READ,
+            Scope.USERS_READ,
+            Scope.PRIVACY_READ,
+            Scope.CERTIFICATES_READ,
+        }
+    ),
 }
 """The role matrix: the scopes each role holds. Keep ``docs/roles.md`` in step with it."""
 

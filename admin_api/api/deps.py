@@ -21,9 +21,11 @@ __all__ = [
     "AbortJobsDep",
     "AuditReaderDep",
     "AuthenticatedDep",
+    "CertificateReaderDep",
     "DatabaseDep",
     "EventWriterDep",
     "FlareActionsDep",
+    "PrivacyReaderDep",
     "ReaderDep",
     "ReportReaderDep",
     "SessionDep",
@@ -68,6 +70,8 @@ ReportReaderDep = Annotated[Principal, Depends(require_scope(Scope.REPORTS_READ)
 UserReaderDep = Annotated[Principal, Depends(require_scope(Scope.USERS_READ))]
 SubmitJobsDep = Annotated[Principal, Depends(require_scope(Scope.JOBS_SUBMIT))]
 AbortJobsDep = Annotated[Principal, Depends(require_scope(Scope.JOBS_ABORT))]
+PrivacyReaderDep = Annotated[Principal, Depends(require_scope(Scope.PRIVACY_READ))]
+CertificateReaderDep = Annotated[Principal, Depends(require_scope(Scope.CERTIFICATES_READ))]
 
 
 def get_flare_actions(request: Request) -> FlareActions | None:

@@ -60,6 +60,7 @@ class ChainVerification:
         head_hash: hash stored on the last event checked, or None for an empty chain.
         first_bad_seq: seq expected at the first bad position, or None when the chain is valid.
         reason: What was wrong at ``first_bad_seq``, or None when the chain is valid.
+        verified_from_seq: seq of the verified checkpoint the walk started at, or None for a walk from seq 1.
     """
 
     ok: bool
@@ -68,6 +69,7 @@ class ChainVerification:
     head_hash: str | None = None
     first_bad_seq: int | None = None
     reason: str | None = field(default=None)
+    verified_from_seq: int | None = None
 
 
 def format_timestamp(value: datetime) -> str:
@@ -162,17 +164,22 @@ def _check_record(record: AuditRecord, expected_seq: int, expected_prev: str) ->
     return None
 
 
-def verify_records(records: Iterable[AuditRecord]) -> ChainVerification:
+def verify_records(
+    records: Iterable[AuditRecord], *, start_seq: int = 1, start_prev_hash: str = GENESIS_HASH
+) -> ChainVerification:
     """Walk audit events in seq order and report the first one that breaks the chain.
 
     Args:
-        records: Audit events ordered by seq, starting at the first.
+        records: Audit events ordered by seq, starting at ``start_seq``.
+        start_seq: seq of the first record; 1 for the whole chain.
+        start_prev_hash: ``prev_hash`` the first record must have; ``GENESIS_HASH`` for the whole chain, else the
+            hash of the event before ``start_seq``, known from an earlier verification.
 
     Returns:
         The verification result. ``first_bad_seq`` is the seq expected at the first bad position.
     """
-    expected_seq = 1
-    expected_prev = GENESIS_HASH
+    expected_seq = start_seq
+    expected_prev = start_prev_hash
     num_events = 0
     head: AuditRecord | None = None
 

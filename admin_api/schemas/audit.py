@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from admin_api.schemas.jobs import JOB_DETAIL_EXAMPLE, JOB_ID_EXAMPLE, JobDetailPublic
+from admin_api.schemas.privacy import SiteJobPrivacyPublic
 from admin_api.schemas.sites import SITE_EXAMPLE, SitePublic
 
 __all__ = ["AuditEventPublic", "AuditEventsPublic", "ChainVerificationPublic", "JobReportPublic"]
@@ -96,13 +97,18 @@ class ChainVerificationPublic(BaseModel):
     head_hash: str | None
     first_bad_seq: int | None = Field(description="seq expected at the first bad position; None when ok.")
     reason: str | None
+    verified_from_seq: int | None = Field(
+        default=None,
+        description="seq of the verified checkpoint the walk started at; None when it walked from seq 1.",
+    )
 
 
 class JobReportPublic(BaseModel):
     """Audit report of one job.
 
-    ``chain`` is the verification of the whole audit chain when the report was generated. Its ``head_hash`` pins
-    the chain, so a later chain whose events up to ``head_seq`` hash differently shows tampering.
+    ``chain`` is the verification of the audit chain when the report was generated, from the newest verified
+    checkpoint (``verified_from_seq``) or from seq 1. Its ``head_hash`` pins the chain, so a later chain whose events
+    up to ``head_seq`` hash differently shows tampering.
     """
 
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_REPORT_EXAMPLE]})
@@ -111,5 +117,8 @@ class JobReportPublic(BaseModel):
     generated_at: datetime
     job: JobDetailPublic
     sites: list[SitePublic]
+    privacy_by_site: list[SiteJobPrivacyPublic] = Field(
+        default_factory=list, description="Epsilon the job spent at each site, from the privacy ledger."
+    )
     audit_events: list[AuditEventPublic]
     chain: ChainVerificationPublic

@@ -36,6 +36,7 @@ __all__ = [
     "job_target",
     "list_audit_events",
     "lock_chain",
+    "next_audit_seq",
     "query_audit_events",
     "site_target",
     "verify_chain",
@@ -169,6 +170,16 @@ def get_chain_head(session: Session) -> tuple[int, str] | None:
     """Return ``(seq, hash)`` of the newest audit event, or None while the chain is empty."""
     row = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
     return None if row is None else (row.seq, row.hash)
+
+
+def next_audit_seq(session: Session) -> int:
+    """Return the seq the next audit event appended in this transaction gets.
+
+    Only meaningful after ``lock_chain``: event handlers use it to record the seq of the audit event that ingestion
+    appends right after them.
+    """
+    head = get_chain_head(session)
+    return 1 if head is None else head[0] + 1
 
 
 def query_audit_events(

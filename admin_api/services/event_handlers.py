@@ -21,12 +21,16 @@ from admin_api.schemas.events import (
     JobFinishedEvent,
     JobStartedEvent,
     JobSubmittedEvent,
+    KitIssuedEvent,
+    PrivacySpentEvent,
     RoundCompletedEvent,
     RoundStartedEvent,
     SiteJoinedEvent,
     SiteLeftEvent,
 )
+from admin_api.services.certificates import record_certificate, revoke_site_certificates
 from admin_api.services.jobs import merge_job_sites, utc_now
+from admin_api.services.privacy import record_privacy_spend
 from admin_api.services.rounds import record_contribution, record_round_metrics
 from admin_api.services.sites import set_site_status, touch_site
 
@@ -184,18 +188,23 @@ def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None) -> di
     assert event.site is not None  # enforced by the event schema
     site = touch_site(session, event.site, at=event.occurred_at)
     applied = set_site_status(site, SiteStatus.OFFLINE, at=event.occurred_at)
-    return {"site_status": SiteStatus.OFFLINE.value if applied else None}
+    effects: dict[str, Any] = {"site_status": SiteStatus.OFFLINE.value if applied else None}
+    extras = event.payload.model_extra or {}
+    # 'consortia site revoke' reports a revocation as site.left with revoked: true (provisioning/revocation.py).
+    if extras.get("revoked") is True:
+        reason = extras.get("reason")
+        effects["certificates_revoked"] = revoke_site_certificates(
+            session, event.site, at=event.occurred_at, reason=reason if isinstance(reason, str) else None
+        )
+    return effects
 
 
-def _on_privacy_spent(session: Session, event: EventBase, job: Job | None) -> dict[str, Any]:
-    # TODO: record the spend in the privacy ledger once it exists; until then the audit event is the only record.
-    _require(job)
-    return {}
+def _on_privacy_spent(session: Session, event: PrivacySpentEvent, job: Job | None) -> dict[str, Any]:
+    return {"privacy_ledger": record_privacy_spend(session, event, _require(job))}
 
 
-def _on_kit_issued(session: Session, event: EventBase, job: Job | None) -> dict[str, Any]:
-    # Issuance lives in the audit chain only: the audit event carries participant, fingerprint and expiry.
-    return {}
+def _on_kit_issued(session: Session, event: KitIssuedEvent, job: Job | None) -> dict[str, Any]:
+    return {"certificate": record_certificate(session, event)}
 
 
 HANDLERS: dict[str, Handler] = {

@@ -1,13 +1,15 @@
 """Prometheus metrics of the admin service.
 
 Counters and histograms live in one process-wide registry (``REGISTRY``, not prometheus-client's default one, so
-importing this module registers nothing globally). Job counts by status are read from the database at scrape time,
-so they are right after a restart. Counters restart at zero with the process, which Prometheus' ``rate()`` expects.
+importing this module registers nothing globally). Job counts by status and the expiring certificates are read from
+the database at scrape time, so they are right after a restart. Counters restart at zero with the process, which Prometheus' ``rate()`` expects.
 
 ==================================================  =========  ====================================================
 metric                                              type       meaning
 ==================================================  =========  ====================================================
 consortia_jobs{status}                              gauge      jobs recorded with each FLARE status
+consortia_certificates_expiring                     gauge      current, unrevoked certificates expiring in fewer
+                                                               than CONSORTIA_CERT_WARN_DAYS days (expired too)
 consortia_events_ingested_total                     counter    events stored (new event_id)
 consortia_events_duplicates_total                   counter    replays of an already ingested event_id
 consortia_audit_chain_last_check_timestamp_seconds  gauge      Unix time of the last chain verification
@@ -100,20 +102,37 @@ def observe_request(method: str, route: str, status: int, duration_s: float) -> 
     _REQUEST_DURATION.labels(method=method, route=route, status=str(status)).observe(duration_s)
 
 
-class _JobCountCollector(Collector):
-    def __init__(self, counts: dict[str, int]) -> None:
+class _ScrapeTimeCollector(Collector):
+    def __init__(self, counts: dict[str, int], expiring_certificates: int, warn_days: int) -> None:
         self._counts = counts
+        self._expiring_certificates = expiring_certificates
+        self._warn_days = warn_days
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("consortia_jobs", "Jobs recorded with each FLARE status.", labels=["status"])
         for status in JobStatus:
             family.add_metric([status.value], self._counts.get(status.value, 0))
         yield family
+        yield GaugeMetricFamily(
+            "consortia_certificates_expiring",
+            f"Current, unrevoked participant certificates that expire in fewer than {self._warn_days} days "
+            "(CONSORTIA_CERT_WARN_DAYS), expired ones included.",
+            value=self._expiring_certificates,
+        )
 
 
-def render_metrics(session: Session) -> bytes:
-    """Render every metric in the Prometheus text format, with job counts read from the database now."""
+def render_metrics(session: Session, *, cert_warn_days: int = 30) -> bytes:
+    """Render every metric in the Prometheus text format, with job and certificate counts read from the database now.
+
+    Args:
+        session: A read session.
+        cert_warn_days: Threshold of ``consortia_certificates_expiring`` (``CONSORTIA_CERT_WARN_DAYS``).
+    """
+    # Imported here: the certificate service imports the audit service, which imports this module.
+    from admin_api.services.certificates import count_expiring_certificates
+
     counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    expiring = count_expiring_certificates(session, warn_days=cert_warn_days)
     scrape_registry = CollectorRegistry()
-    scrape_registry.register(_JobCountCollector(counts))
+    scrape_registry.register(_ScrapeTimeCollector(counts, expiring, cert_warn_days))
     return generate_latest(scrape_registry) + generate_latest(REGISTRY)

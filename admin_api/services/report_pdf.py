@@ -1,9 +1,9 @@
 """PDF rendering of job and period reports with reportlab, and the training-curve plot with matplotlib.
 
 A job report has: the title, the job table (id, name, submitter, sites, status), a plot of the global ROC AUC and
-loss by round, the site table (accepted and rejected contributions with the reasons), the privacy spends recorded by
-``privacy.spent`` audit events, the timeline of the job's audit events, and the audit chain head with the id of the
-signing key. The PDF cannot contain its own signature, so the signature statement is a ``.sig.json`` sidecar.
+loss by round, the site table (accepted and rejected contributions with the reasons), the epsilon spent per site
+from the privacy ledger and the spends recorded by ``privacy.spent`` audit events, the timeline of the job's audit
+events, and the audit chain head with the id of the signing key. The PDF cannot contain its own signature, so the signature statement is a ``.sig.json`` sidecar.
 
 matplotlib is used through ``Figure`` and the Agg canvas directly, never through ``pyplot``, so rendering keeps no
 global state and is safe in the service's worker threads.
@@ -27,6 +27,7 @@ from reportlab.platypus import Flowable, Image, Paragraph, SimpleDocTemplate, Sp
 
 from admin_api.core.chain import format_timestamp
 from admin_api.schemas.audit import ChainVerificationPublic, JobReportPublic
+from admin_api.schemas.privacy import SiteJobPrivacyPublic
 from admin_api.schemas.reports import PeriodReportPublic, PrivacySpendPublic
 
 __all__ = ["render_job_report_pdf", "render_period_report_pdf", "render_training_curve_png"]
@@ -151,10 +152,26 @@ def _privacy_section(spends: Sequence[PrivacySpendPublic]) -> list[Flowable]:
     return [_table(["seq", "round", "site", "mechanism", "epsilon", "delta", "settings"], rows, widths)]
 
 
+def _site_privacy_section(spends: Sequence[SiteJobPrivacyPublic]) -> list[Flowable]:
+    if not spends:
+        return []
+    rows = [[s.site, s.epsilon, s.delta, s.sample_level_epsilon, s.client_level_epsilon, s.last_round] for s in spends]
+    headers = ["site", "epsilon spent", "delta", "DP-SGD epsilon", "DP-FedAvg epsilon", "last round"]
+    widths = [3.4 * cm, 2.4 * cm, 2 * cm, 2.8 * cm, 3 * cm, _PAGE_WIDTH - 13.6 * cm]
+    note = Paragraph(
+        "Epsilon spent per site, from the privacy ledger: the job's latest cumulative epsilon of each kind, added.",
+        _CELL,
+    )
+    return [note, _table(headers, rows, widths), Spacer(1, 0.2 * cm)]
+
+
 def _chain_section(chain: ChainVerificationPublic, key_id: str, file_hint: str) -> list[Flowable]:
+    checked = chain.num_events
+    if chain.verified_from_seq is not None:
+        checked = f"{chain.num_events} (from the verified checkpoint at seq {chain.verified_from_seq})"
     pairs = [
         ("chain verified", "yes" if chain.ok else f"NO: first bad seq {chain.first_bad_seq}: {chain.reason}"),
-        ("events checked", chain.num_events),
+        ("events checked", checked),
         ("chain head seq", chain.head_seq),
         ("chain head hash", chain.head_hash),
         ("signing key id", key_id),
@@ -209,6 +226,7 @@ def render_job_report_pdf(report: JobReportPublic, *, key_id: str) -> bytes:
             [3 * cm, 2.6 * cm, 1.6 * cm, 1.6 * cm, _PAGE_WIDTH - 8.8 * cm],
         ),
         _heading("Privacy"),
+        *_site_privacy_section(report.privacy_by_site),
         *_privacy_section(_privacy(report)),
         _heading("Event timeline"),
         *_timeline(report),

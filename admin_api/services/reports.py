@@ -1,13 +1,11 @@
 """Audit reports of a job, as JSON and CSV.
 
-A report contains the job with its submitter, status history, sites, per-round metrics and contributions, every audit
-event of the job, and the verification of the whole chain with its head hash at generation time.
+A report contains the job with its submitter, status history, sites, per-round metrics and contributions, the epsilon
+the job spent at each site (from the privacy ledger), every audit event of the job, and the verification of the
+chain with its head hash at generation time. That verification starts at the newest verified checkpoint and records
+a new one (``admin_api.services.checkpoints``), so a report does not walk the whole chain each time.
 
-The CSV is long-form, one value per row, with the columns ``section, item, round, site, field, value``. ``section``
-is one of ``report, job, status_transition, site, global_metric, site_metric, contribution, audit_event, chain``, and
-``item`` numbers the rows that belong together (a transition's index, an audit event's seq). Text values that a
-spreadsheet would run as a formula (starting with ``= + - @``, a tab or a carriage return) get a leading ``'``; the
-JSON file keeps every value unchanged.
+The long-form CSV is rendered by ``admin_api.services.report_csv``.
 
 Period reports summarise every job active in a time range, the audit events of that range by action, and the
 privacy spends. ``render_signed_job_report`` and ``render_signed_period_report`` render either kind as JSON, CSV or
@@ -16,29 +14,29 @@ PDF and sign it with the service key (``admin_api.services.signing``).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from admin_api.core.chain import canonical_json, format_timestamp
 from admin_api.errors import AdminApiError
 from admin_api.models import AuditEvent, Contribution, Job, RoundMetrics, Site
 from admin_api.schemas.audit import AuditEventPublic, ChainVerificationPublic, JobReportPublic
 from admin_api.schemas.reports import PeriodJobSummaryPublic, PeriodReportPublic, PrivacySpendPublic
 from admin_api.schemas.sites import SitePublic
-from admin_api.services.audit import job_target, list_audit_events, verify_chain
-from admin_api.services.jobs import get_job_detail, utc_now
+from admin_api.services.audit import job_target, list_audit_events
+from admin_api.services.checkpoints import verify_from_checkpoint
+from admin_api.services.jobs import get_job_detail, require_job, utc_now
+from admin_api.services.privacy import job_privacy_by_site
+from admin_api.services.report_csv import CSV_COLUMNS, render_period_report_csv, render_report_csv
 from admin_api.services.signing import SIDECAR_SUFFIX, ReportSigner, SignatureStatement
 
 __all__ = [
@@ -49,6 +47,7 @@ __all__ = [
     "build_job_report",
     "build_period_report",
     "privacy_spends",
+    "render_period_report_csv",
     "render_report_csv",
     "render_report_json",
     "render_signed_job_report",
@@ -60,11 +59,7 @@ __all__ = [
 ReportFormat = Literal["json", "csv", "pdf"]
 _MEDIA_TYPES: dict[str, str] = {"json": "application/json", "csv": "text/csv", "pdf": "application/pdf"}
 
-CSV_COLUMNS = ("section", "item", "round", "site", "field", "value")
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-CsvRow = tuple[str, str, str, str, str, str]
 
 
 def build_job_report(session: Session, job_id: str) -> JobReportPublic:
@@ -78,13 +73,14 @@ def build_job_report(session: Session, job_id: str) -> JobReportPublic:
     if job.sites:
         sites = list(session.scalars(select(Site).where(Site.name.in_(job.sites)).order_by(Site.name)))
     audit_events = list_audit_events(session, target=job_target(job_id))
-    # NOTE: the whole chain is verified for every report, which took about 10 s per 100,000 audit events on a
-    # 2-CPU machine (benchmarks/audit_ingest.py); large chains need verification from a stored, verified head.
-    chain = verify_chain(session)
+    # A full walk took about 10 s per 100,000 audit events on a 2-CPU machine (benchmarks/audit_ingest.py), so
+    # reports walk only from the newest verified checkpoint; GET /api/v1/audit/verify still walks everything.
+    chain = verify_from_checkpoint(session)
     return JobReportPublic(
         generated_at=utc_now(),
         job=job,
         sites=[SitePublic.model_validate(site) for site in sites],
+        privacy_by_site=job_privacy_by_site(session, require_job(session, job_id)),
         audit_events=[AuditEventPublic.model_validate(event) for event in audit_events],
         chain=ChainVerificationPublic.model_validate(chain),
     )
@@ -93,78 +89,6 @@ def build_job_report(session: Session, job_id: str) -> JobReportPublic:
 def render_report_json(report: JobReportPublic) -> str:
     """Render a report as indented JSON."""
     return report.model_dump_json(indent=2) + "\n"
-
-
-def _format_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict | list):
-        return canonical_json(value).decode("utf-8")
-    text = str(value)
-    if text.startswith(_FORMULA_PREFIXES):
-        return "'" + text
-    return text
-
-
-def _row(section: str, field: str, value: Any, *, item: Any = "", round_number: Any = "", site: Any = "") -> CsvRow:
-    return (section, str(item), str(round_number), site or "", field, _format_value(value))
-
-
-def _iter_job_rows(report: JobReportPublic) -> Iterator[CsvRow]:
-    job = report.job
-    yield _row("report", "report_version", report.report_version)
-    yield _row("report", "generated_at", report.generated_at)
-    for field in (
-        "job_id", "name", "submitter", "submitter_org", "submitter_role", "status",
-        "submitted_at", "started_at", "finished_at", "num_rounds", "sites",
-    ):  # fmt: skip
-        yield _row("job", field, getattr(job, field))
-    for index, transition in enumerate(job.status_history, start=1):
-        for field, value in transition.model_dump().items():
-            yield _row("status_transition", field, value, item=index)
-    for site in report.sites:
-        for field in ("org", "status", "first_seen", "last_seen"):
-            yield _row("site", field, getattr(site, field), site=site.name)
-
-
-def _iter_round_rows(report: JobReportPublic) -> Iterator[CsvRow]:
-    for round_result in report.job.rounds:
-        number = round_result.round
-        for field, value in sorted((round_result.global_metrics or {}).items()):
-            yield _row("global_metric", field, value, round_number=number)
-        for site, metrics in round_result.site_metrics.items():
-            for field, value in sorted(metrics.items()):
-                yield _row("site_metric", field, value, round_number=number, site=site)
-        for contribution in round_result.contributions:
-            for field in ("accepted", "reason_code", "reason", "num_examples", "occurred_at"):
-                value = getattr(contribution, field)
-                yield _row("contribution", field, value, round_number=number, site=contribution.site)
-
-
-def _iter_audit_rows(report: JobReportPublic) -> Iterator[CsvRow]:
-    for event in report.audit_events:
-        for field, value in event.model_dump().items():
-            if field != "seq":
-                yield _row("audit_event", field, value, item=event.seq)
-    for field, value in report.chain.model_dump().items():
-        yield _row("chain", field, value)
-
-
-def render_report_csv(report: JobReportPublic) -> str:
-    """Render a report as long-form CSV with the columns of ``CSV_COLUMNS``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(_iter_job_rows(report))
-    writer.writerows(_iter_round_rows(report))
-    writer.writerows(_iter_audit_rows(report))
-    return buffer.getvalue()
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -318,45 +242,8 @@ def build_period_report(session: Session, start: datetime, end: datetime) -> Per
         last_seq=last_seq,
         audit_event_counts=counts,
         privacy=privacy_spends(privacy_events),
-        chain=ChainVerificationPublic.model_validate(verify_chain(session)),
+        chain=ChainVerificationPublic.model_validate(verify_from_checkpoint(session)),
     )
-
-
-def _iter_period_rows(report: PeriodReportPublic) -> Iterator[CsvRow]:
-    for field in (
-        "report_version",
-        "kind",
-        "generated_at",
-        "start",
-        "end",
-        "num_audit_events",
-        "first_seq",
-        "last_seq",
-    ):
-        yield _row("report", field, getattr(report, field))
-    for index, job in enumerate(report.jobs, start=1):
-        for field, value in job.model_dump().items():
-            yield _row("job", field, value, item=index)
-    for action, count in report.audit_event_counts.items():
-        yield _row("audit_count", action, count)
-    for spend in report.privacy:
-        for field, value in spend.model_dump(exclude={"seq", "site", "round"}).items():
-            yield _row("privacy", field, value, item=spend.seq, round_number=_blank(spend.round), site=spend.site)
-    for field, value in report.chain.model_dump().items():
-        yield _row("chain", field, value)
-
-
-def _blank(value: Any) -> Any:
-    return "" if value is None else value
-
-
-def render_period_report_csv(report: PeriodReportPublic) -> str:
-    """Render a period report as long-form CSV with the columns of ``CSV_COLUMNS``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(_iter_period_rows(report))
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True, slots=True)

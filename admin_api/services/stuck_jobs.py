@@ -10,17 +10,21 @@ record says RUNNING, the server's ``get_system_info()`` lists no job process for
 
 Only our database changes: the job gets a FINISHED:ABANDONED transition and a ``job.abandoned`` audit event that
 names the reason. FLARE's job store is left as it is; an operator can fix it there with the server stopped.
+
+When a RUNNING job was first found missing is stored in ``jobs.missing_since``, so a restart of the admin service
+keeps the grace period running instead of starting it again. The column is cleared when the job is seen with a job
+process again, when it stops being RUNNING, and when it is recorded as abandoned.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from admin_api.core.chain import format_timestamp
@@ -54,8 +58,8 @@ class FlareSystemSource(Protocol):
 class StuckJobDetector:
     """Finds RUNNING jobs without a job process and records them as abandoned.
 
-    The time each job was first seen missing is kept in memory, so a restart of the admin service starts the
-    grace period again.
+    The time each job was first seen missing is stored on the job (``jobs.missing_since``), so a new detector, for
+    example after a restart of the admin service, continues the grace period where the previous one left it.
 
     Args:
         source: Where to read the server's state.
@@ -66,7 +70,6 @@ class StuckJobDetector:
     source: FlareSystemSource
     grace: timedelta = DEFAULT_GRACE
     now: Callable[[], datetime] = utc_now
-    _missing_since: dict[str, datetime] = field(default_factory=dict)
 
     def check(self, session: Session) -> list[str]:
         """Run one check and commit; return the ids of the jobs recorded as abandoned.
@@ -80,17 +83,30 @@ class StuckJobDetector:
         snapshot = self.source.system_snapshot()
         now = self.now()
         running = list(session.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value)))
-        session.commit()  # end the read, keeping the loaded jobs; each mark below takes the write lock itself
         candidates = {job.job_id: job for job in running if job.job_id not in snapshot.running_job_ids}
-        self._missing_since = {job_id: self._missing_since.get(job_id, now) for job_id in candidates}
+        self._store_missing_since(session, candidates, now)
+        session.commit()  # keep the loaded jobs; each mark below takes the write lock itself
 
         abandoned = []
         for job_id, job in candidates.items():
-            reason = self._reason(job, snapshot, self._missing_since[job_id], now)
+            assert job.missing_since is not None  # set by _store_missing_since
+            reason = self._reason(job, snapshot, job.missing_since, now)
             if reason is not None and self._mark(session, job_id, reason, snapshot, now):
                 abandoned.append(job_id)
-                self._missing_since.pop(job_id, None)
         return abandoned
+
+    @staticmethod
+    def _store_missing_since(session: Session, candidates: dict[str, Job], now: datetime) -> None:
+        """Start the grace timer of newly missing jobs and clear it on every other job."""
+        for job in candidates.values():
+            if job.missing_since is None:
+                job.missing_since = now
+        session.execute(
+            update(Job)
+            .where(Job.missing_since.is_not(None), Job.job_id.not_in(sorted(candidates)))
+            .values(missing_since=None)
+            .execution_options(synchronize_session=False)
+        )
 
     def _reason(self, job: Job, snapshot: FlareSystemSnapshot, missing_since: datetime, now: datetime) -> str | None:
         server_start = snapshot.server_started_at
@@ -118,6 +134,7 @@ class StuckJobDetector:
         if change is None:
             session.rollback()
             return False
+        job.missing_since = None
         append_audit_event(
             session,
             occurred_at=now,

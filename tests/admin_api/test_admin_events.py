@@ -242,7 +242,7 @@ def test_full_job_lifecycle(
     assert sites["hospital-b"]["status"] == "unknown"
     assert verify(client, read_headers) | {"head_hash": None} == {
         "ok": True, "num_events": len(events), "head_seq": len(events), "head_hash": None,
-        "first_bad_seq": None, "reason": None,
+        "first_bad_seq": None, "reason": None, "verified_from_seq": None,
     }  # fmt: skip
 
 
