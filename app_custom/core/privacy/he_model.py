@@ -198,7 +198,7 @@ def _write_params(params: Mapping[str, np.ndarray], output: Path) -> None:
 
         torch.save({key: torch.from_numpy(value) for key, value in params.items()}, output)
     elif output.suffix == ".npz":
-        np.savez(output, **params)
+        np.savez(output, allow_pickle=False, **params)
     else:
         raise InvalidPrivacyInput(f"invalid output {output}: use a .npz or .pt file name")
 
