@@ -10,9 +10,10 @@ For each database the script measures, in this order:
    that is not the service's append path: it computes each row's hash in Python with ``admin_api.core.chain``'s
    ``compute_hash`` and inserts ``--fill-batch`` rows per transaction (``COPY`` on PostgreSQL, ``executemany`` on
    SQLite). Before any report is timed, ``verify_chain`` must accept the filled chain, so a fill that hashed
-   differently from the service stops the run. Then the script times a bare ``verify_chain``, a job report as JSON,
-   CSV and PDF, and a period report over the whole range. Each report verifies the full chain and is signed.
-   Above ``--all-reports-up-to`` events only ``verify_chain`` and the JSON job report are timed.
+   differently from the service stops the run. Then the script times a bare ``verify_chain``, the first job report
+   (no audit checkpoint yet, so it walks the whole chain and records one), a job report as JSON, CSV and PDF and a
+   period report over the whole range from that checkpoint, and a job report after ``NEW_EVENTS`` more events. Each
+   size gets a fresh database, so no checkpoint of a smaller size shortens the first walk.
 
 PostgreSQL runs in a schema of its own, ``bench_<random hex>``, dropped at the end; SQLite in a temporary folder.
 Usage: ``python -m benchmarks.audit_ingest [--sizes 100000,1000000] [--databases sqlite,postgresql]``. Results go to
@@ -52,7 +53,7 @@ from admin_api.core.chain import GENESIS_HASH, compute_hash
 from admin_api.db import Database
 from admin_api.models import AuditEvent
 from admin_api.schemas.events import EventCreate
-from admin_api.services.audit import SYSTEM_ROLE, get_chain_head, lock_chain, verify_chain
+from admin_api.services.audit import SYSTEM_ROLE, append_audit_event, get_chain_head, lock_chain, verify_chain
 from admin_api.services.ingest import ingest_events
 from admin_api.services.reports import render_signed_job_report, render_signed_period_report
 from admin_api.services.signing import ReportSigner
@@ -65,9 +66,17 @@ API_TOKEN = "bench-api-" + secrets.token_urlsafe(24)
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 START = datetime(2026, 1, 1, tzinfo=UTC)
 _EVENTS: TypeAdapter[list[Any]] = TypeAdapter(list[EventCreate])
-REPORT_COLUMNS = ("verify_chain", "job json", "job csv", "job pdf", "period json")
-LARGE_REPORT_COLUMNS = ("verify_chain", "job json")
-"""Columns timed above ``--all-reports-up-to``. Every report walks the whole chain, so the others cost about the same."""
+REPORT_COLUMNS = (
+    "verify_chain",
+    "first job json",
+    "job json",
+    "job csv",
+    "job pdf",
+    "period json",
+    "job json after new",
+)
+NEW_EVENTS = 1000
+"""Audit events appended after the reports from a checkpoint, before the last report."""
 
 
 @dataclass
@@ -255,13 +264,24 @@ def timed(function: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def measure_reports(database: Database, signer: ReportSigner, size: int, columns: tuple[str, ...]) -> dict[str, float]:
-    """Time a bare ``verify_chain`` and the reports in ``columns``, after checking that the chain of ``size`` is valid.
+def append_events(database: Database, count: int) -> None:
+    """Append ``count`` audit events through ``append_audit_event``, the service's append path, in one transaction."""
+    with database.write_session() as session:
+        for number in range(count):
+            append_audit_event(session, occurred_at=START + timedelta(days=31), actor="bench", role=SYSTEM_ROLE,
+                               action="bench.appended", target="bench:appended", details={"n": number})  # fmt: skip
+        session.commit()
+
+
+def measure_reports(database: Database, signer: ReportSigner, size: int) -> dict[str, float]:
+    """Time a full ``verify_chain``, the first report, reports from its checkpoint, and one after new events.
+
+    The first report finds no checkpoint, so it walks the whole chain and records the head as one. The reports after
+    it walk from that checkpoint.
 
     Raises:
         RuntimeError: ``verify_chain`` rejected the chain or counted other than ``size`` events.
     """
-    times: dict[str, float] = {}
     end = START + timedelta(days=60)
     renderers: dict[str, Callable[[Session], Any]] = {
         "job json": lambda session: render_signed_job_report(session, "svc-0", "json", signer),
@@ -269,20 +289,25 @@ def measure_reports(database: Database, signer: ReportSigner, size: int, columns
         "job pdf": lambda session: render_signed_job_report(session, "svc-0", "pdf", signer),
         "period json": lambda session: render_signed_period_report(session, START, end, "json", signer),
     }
+    times: dict[str, float] = {}
     with database.session() as session:
         started = time.perf_counter()
         verification = verify_chain(session)
         times["verify_chain"] = time.perf_counter() - started
-        if not verification.ok or verification.num_events != size:
-            raise RuntimeError(
-                f"the filled chain is not valid: verify_chain checked {verification.num_events} of {size} events and "
-                f"stopped at seq {verification.first_bad_seq}: {verification.reason}"
-            )
-        print(f"{database.dialect_name} {size}: verify_chain {times['verify_chain']:.1f} s", flush=True)
-        for column in columns:
-            if column in renderers:
-                times[column] = timed(lambda: renderers[column](session))  # noqa: B023
-                print(f"{database.dialect_name} {size}: {column} {times[column]:.1f} s", flush=True)
+    if not verification.ok or verification.num_events != size:
+        raise RuntimeError(
+            f"the filled chain is not valid: verify_chain checked {verification.num_events} of {size} events and "
+            f"stopped at seq {verification.first_bad_seq}: {verification.reason}"
+        )
+    steps = [("first job json", "job json"), *((name, name) for name in renderers)]
+    for column, renderer in steps:
+        with database.session() as session:
+            times[column] = timed(lambda: renderers[renderer](session))  # noqa: B023
+    append_events(database, NEW_EVENTS)
+    with database.session() as session:
+        times["job json after new"] = timed(lambda: renderers["job json"](session))
+    for column, seconds in times.items():
+        print(f"{database.dialect_name} {size}: {column} {seconds:.2f} s", flush=True)
     return times
 
 
@@ -303,6 +328,7 @@ def postgres_url(base_url: str) -> Iterator[str]:
 @contextmanager
 def database_url(name: str, scratch: Path, postgres_base: str) -> Iterator[str]:
     if name == "sqlite":
+        scratch.mkdir(parents=True, exist_ok=True)
         yield f"sqlite:///{scratch}/bench.sqlite"
     else:
         with postgres_url(postgres_base) as url:
@@ -364,13 +390,20 @@ def run_database(name: str, args: argparse.Namespace, scratch: Path) -> Database
             with admin_service(url, scratch / "report_signing_key.pem") as base:
                 result.http_single_rate, result.http_batch_rate = measure_http_ingest(base, args.http_events)
             print(f"{name}: HTTP ingest {result.http_single_rate:.0f} (single), {result.http_batch_rate:.0f} (batch)")
-            for size in args.sizes:
-                result.fill_rates[size] = bulk_fill_chain(database, size, args.fill_batch)
-                print(f"{name}: {size} audit events, bulk fill {result.fill_rates[size]:.0f} events/s", flush=True)
-                columns = REPORT_COLUMNS if size <= args.all_reports_up_to else LARGE_REPORT_COLUMNS
-                result.reports[size] = measure_reports(database, signer, size, columns)
         finally:
             database.dispose()
+    for size in args.sizes:
+        with database_url(name, scratch / f"chain-{size}", args.postgres_url) as url:
+            database = Database(url)
+            database.upgrade()
+            try:
+                with database.write_session() as session:
+                    ingest_events(session, _EVENTS.validate_python(job_events("svc-0", 10, START)))
+                result.fill_rates[size] = bulk_fill_chain(database, size, args.fill_batch)
+                print(f"{name}: {size} audit events, bulk fill {result.fill_rates[size]:.0f} events/s", flush=True)
+                result.reports[size] = measure_reports(database, signer, size)
+            finally:
+                database.dispose()
     return result
 
 
@@ -398,20 +431,26 @@ def render_section(results: list[DatabaseResult], args: argparse.Namespace, load
     lines += [
         "",
         (
-            f"Report generation with N audit events in the chain. The chain was filled for this step only, by "
-            f"`bulk_fill_chain` (hashes from `admin_api.core.chain.compute_hash`, {args.fill_batch:,} rows per "
-            "transaction, `COPY` on PostgreSQL and `executemany` on SQLite), and `verify_chain` accepted all N events "
-            "before any report was timed; the fill rate is that setup step's, not the service's. Every report "
-            "verifies the whole chain, so its time grows with N; the job report covers one 10-round job, the period "
-            "report the whole time range. Times in seconds."
+            "Report generation with N audit events in the chain, each N in a fresh database holding one 10-round job "
+            "and filler events. The chain was filled for this step only, by `bulk_fill_chain` (hashes from "
+            f"`admin_api.core.chain.compute_hash`, {args.fill_batch:,} rows per transaction, `COPY` on PostgreSQL and "
+            "`executemany` on SQLite), and `verify_chain` accepted all N events before any report was timed; the fill "
+            "rate is that setup step's, not the service's. Reports verify from the newest audit checkpoint: the first "
+            "report finds none, walks the whole chain and records its head as one; the next reports walk from it. "
+            f"The last column is a job report after {NEW_EVENTS:,} more events were appended through "
+            "`append_audit_event`. The job report covers one 10-round job, the period report the whole time range. "
+            "Times in seconds."
         ),
         "",
-        "| database | N | bulk fill (events/s) | verify_chain | job JSON | job CSV | job PDF | period JSON |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            "| database | N | bulk fill (events/s) | full `verify_chain` | first job JSON (full walk) | job JSON "
+            f"| job CSV | job PDF | period JSON | job JSON after {NEW_EVENTS:,} new events |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for size, times in sorted(result.reports.items()):
-            cells = " | ".join(f"{times[key]:.1f}" if key in times else "not run" for key in REPORT_COLUMNS)
+            cells = " | ".join(f"{times[key]:.2f}" for key in REPORT_COLUMNS)
             lines.append(f"| {result.name} | {size:,} | {result.fill_rates[size]:,.0f} | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -432,12 +471,6 @@ def main() -> None:
     parser.add_argument("--ingest-events", type=int, default=5000, help="events for the service-layer ingest")
     parser.add_argument("--http-events", type=int, default=1000, help="events for each HTTP ingest measurement")
     parser.add_argument("--fill-batch", type=int, default=50_000, help="audit events per bulk fill transaction")
-    parser.add_argument(
-        "--all-reports-up-to",
-        type=int,
-        default=100_000,
-        help="largest chain size at which every report is timed (above it, only verify_chain and the job JSON report)",
-    )
     parser.add_argument(
         "--profile-statements",
         type=int,
