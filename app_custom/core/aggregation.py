@@ -53,7 +53,8 @@ class WeightedFedAvg:
     models would make that error negligible but double the accumulator's memory traffic. ``benchmarks/aggregation.py``
     reports the measured error against a float64 reference next to this bound.
 
-    Memory is one buffer per key, independent of the number of sites. No reference to an input array is kept.
+    Memory is one buffer per key, independent of the number of sites, plus the returned copy unless ``result()`` is
+    called with ``copy=False``. No reference to an input array is kept.
     ``add()`` checks that keys, shapes and dtypes match the first contribution before it changes any state, so a
     rejected contribution leaves the aggregate untouched. It does not check values: run
     ``app_custom.core.validation.check_contribution`` first to reject non-finite or oversized updates.
@@ -79,6 +80,7 @@ class WeightedFedAvg:
         self._count = 0
         self._total_weight = 0.0
         self._reference_weight = 1.0
+        self._released = False
 
     @property
     def count(self) -> int:
@@ -98,6 +100,7 @@ class WeightedFedAvg:
         self._count = 0
         self._total_weight = 0.0
         self._reference_weight = 1.0
+        self._released = False
 
     def add(self, params: Mapping[str, np.ndarray], aggregation_weight: float) -> None:
         """Fold one site model into the weighted sum.
@@ -110,7 +113,9 @@ class WeightedFedAvg:
             InvalidSetting: If ``aggregation_weight`` is not a finite number greater than zero.
             ContributionRejected: If a key is missing or unexpected, or a shape or dtype differs from the first
                 contribution. The aggregate is unchanged in that case.
+            InvalidSetting: Also if ``result(copy=False)`` was called since the last ``reset()``.
         """
+        self._check_not_released()
         weight = _check_weight(aggregation_weight)
         arrays = {key: np.asarray(value) for key, value in params.items()}
         if self._count == 0:
@@ -127,12 +132,19 @@ class WeightedFedAvg:
         self._count += 1
         self._total_weight += weight
 
-    def result(self) -> dict[str, np.ndarray]:
-        """Return the weighted mean as new arrays, each in the dtype of the first contribution.
+    def result(self, *, copy: bool = True) -> dict[str, np.ndarray]:
+        """Return the weighted mean, each array in the dtype of the first contribution.
+
+        Args:
+            copy: With True, return new arrays and keep the aggregate. With False, scale the sum in place and return
+                it without a copy, which saves one pass over the model and a model-sized allocation. The aggregator
+                then rejects ``add()`` and ``result()`` until ``reset()``, so it never changes the returned arrays.
 
         Raises:
             NoValidContributions: If nothing was added since construction or the last ``reset()``.
+            InvalidSetting: If ``result(copy=False)`` was already called since the last ``reset()``.
         """
+        self._check_not_released()
         if self._count == 0:
             raise NoValidContributions(
                 "no contribution was added to the weighted FedAvg; accept at least one site update before "
@@ -142,11 +154,23 @@ class WeightedFedAvg:
         averaged: dict[str, np.ndarray] = {}
         for key, buffer in self._buffers.items():
             if buffer.dtype.kind in "fc" and scale != 1.0:
-                mean = np.multiply(buffer, buffer.dtype.type(scale))
+                if copy:
+                    mean = np.multiply(buffer, buffer.dtype.type(scale))
+                else:
+                    mean = np.multiply(buffer, buffer.dtype.type(scale), out=buffer)
                 averaged[key] = mean.astype(self._dtypes[key], copy=False)
             else:
-                averaged[key] = buffer.astype(self._dtypes[key], copy=True)
+                averaged[key] = buffer.astype(self._dtypes[key], copy=copy)
+        if not copy:
+            self._released = True
         return averaged
+
+    def _check_not_released(self) -> None:
+        if self._released:
+            raise InvalidSetting(
+                "the weighted FedAvg handed its sum to result(copy=False); call reset() before adding or asking "
+                "for another aggregate"
+            )
 
     def _start(self, arrays: dict[str, np.ndarray]) -> None:
         for key, array in arrays.items():

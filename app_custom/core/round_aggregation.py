@@ -99,7 +99,8 @@ class RoundAggregator:
         """
         if self.count == 0:
             raise NoValidContributions("no valid contribution this round: refusing to build a global model from nothing")
-        aggregate = self._buffered_result() if self.buffers_models else self._stream.result()
+        # The stream is reset before the next round, so its sum can be handed over without a copy.
+        aggregate = self._buffered_result() if self.buffers_models else self._stream.result(copy=False)
         if self._optimizer is not None and global_params:
             return self._optimizer.step(dict(global_params), aggregate)
         return aggregate
@@ -119,4 +120,4 @@ class RoundAggregator:
         stream = WeightedFedAvg()
         for site, weight in weights.items():
             stream.add(self._buffer[site][0], weight)
-        return stream.result()
+        return stream.result(copy=False)

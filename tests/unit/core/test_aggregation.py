@@ -324,3 +324,33 @@ def test_fold_within_error_bound():
     exact = (column * stacked).sum(axis=0) / sum(weights)
     bound = (len(models) + 3) * 2.0**-24 * (column * np.abs(stacked)).sum(axis=0) / sum(weights)
     assert (np.abs(result - exact) <= bound).all()
+
+
+def test_result_without_copy():
+    rng = np.random.default_rng(11)
+    models = [{"w": rng.normal(size=(4, 5)).astype(np.float32)} for _ in range(3)]
+    weights = [2.0, 5.0, 1.0]
+    copied = weighted_fedavg(zip(models, weights))["w"]
+    aggregator = WeightedFedAvg()
+    for model, weight in zip(models, weights):
+        aggregator.add(model, weight)
+    handed_over = aggregator.result(copy=False)["w"]
+    np.testing.assert_allclose(handed_over, copied, rtol=1e-6)
+    assert handed_over.dtype == np.float32
+    assert aggregator.count == 3
+
+
+def test_released_sum_blocks_reuse():
+    aggregator = WeightedFedAvg()
+    aggregator.add({"w": np.ones(3, dtype=np.float32)}, 1.0)
+    aggregator.add({"w": np.full(3, 3.0, dtype=np.float32)}, 1.0)
+    handed_over = aggregator.result(copy=False)["w"]
+    with pytest.raises(InvalidSetting, match="call reset"):
+        aggregator.add({"w": np.ones(3, dtype=np.float32)}, 1.0)
+    with pytest.raises(InvalidSetting, match="call reset"):
+        aggregator.result()
+    aggregator.reset()
+    aggregator.add({"w": np.full(3, 7.0, dtype=np.float32)}, 1.0)
+    aggregator.add({"w": np.full(3, 9.0, dtype=np.float32)}, 1.0)
+    np.testing.assert_allclose(aggregator.result()["w"], 8.0)
+    np.testing.assert_allclose(handed_over, 2.0)
