@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from app_custom.core.privacy.dp_sgd import DPSGDConfig, PrivateTraining
+from app_custom.core.privacy.dp_sgd import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, DPSGDConfig, PrivateTraining
 from app_custom.core.privacy.errors import BudgetExceeded, InvalidPrivacyInput, InvalidPrivacySetting
 from app_custom.flare.dp_ledger import PrivacyLedger, load_site_budget
 from app_custom.site.training import (
@@ -64,6 +64,8 @@ class SiteDPSGD:
         learning_rate: Adam learning rate.
         local_epochs: Epochs per round.
         site_root: The site's kit folder, which holds its budget and ledger.
+        grad_sample_mode: How Opacus computes per-sample gradients (``GRAD_SAMPLE_MODES``); the privacy
+            guarantee is the same for every mode.
     """
 
     epsilon: float
@@ -73,8 +75,13 @@ class SiteDPSGD:
     learning_rate: float
     local_epochs: int
     site_root: Path
+    grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE
 
     def __post_init__(self) -> None:
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise InvalidPrivacySetting(
+                f"invalid grad_sample_mode={self.grad_sample_mode!r}: use one of {list(GRAD_SAMPLE_MODES)}"
+            )
         self.config_for(1)
 
     def config_for(self, total_rounds: int) -> DPSGDConfig:
@@ -115,7 +122,13 @@ class SiteDPSGDRunner:
         if self._training is None:
             config = self.settings.config_for(total_rounds)
             self._training = make_private_trainer(
-                model, x, y, config, batch_size=self.settings.batch_size, learning_rate=self.settings.learning_rate
+                model,
+                x,
+                y,
+                config,
+                batch_size=self.settings.batch_size,
+                learning_rate=self.settings.learning_rate,
+                grad_sample_mode=self.settings.grad_sample_mode,
             )
         return self._training
 

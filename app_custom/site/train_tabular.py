@@ -26,6 +26,7 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from app_custom.core.losses import FocalLoss
+from app_custom.core.privacy.dp_sgd import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
 from app_custom.core.privacy.errors import InvalidPrivacySetting
 from app_custom.data.tabular import DataError, load_site_data
 from app_custom.flare.dp_site import RoundRefused, SiteDPSGD, SiteDPSGDRunner
@@ -56,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dp-max-grad-norm", type=float, default=None, help=f"DP-SGD: per-sample L2 clip norm (default {DEFAULT_DP_CLIP:g})"
     )
+    parser.add_argument(
+        "--dp-grad-sample-mode",
+        choices=GRAD_SAMPLE_MODES,
+        default=None,
+        help=f"DP-SGD: how Opacus computes per-sample gradients (default {DEFAULT_GRAD_SAMPLE_MODE}); "
+        "use hooks for layers ew does not support",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,9 +75,10 @@ def dp_settings(args: argparse.Namespace) -> SiteDPSGD | None:
     without the noise it asked for.
     """
     if args.dp_epsilon is None:
-        if args.dp_delta is not None or args.dp_max_grad_norm is not None:
+        if args.dp_delta is not None or args.dp_max_grad_norm is not None or args.dp_grad_sample_mode is not None:
             raise InvalidPrivacySetting(
-                "--dp-delta or --dp-max-grad-norm is set without --dp-epsilon, so DP-SGD would be off. "
+                "--dp-delta, --dp-max-grad-norm or --dp-grad-sample-mode is set without --dp-epsilon, so DP-SGD "
+                "would be off. "
                 "Set --dp-epsilon to the job's target epsilon, or remove the other DP flags."
             )
         return None
@@ -91,6 +100,7 @@ def dp_settings(args: argparse.Namespace) -> SiteDPSGD | None:
         learning_rate=args.learning_rate,
         local_epochs=args.local_epochs,
         site_root=Path(args.site_root),
+        grad_sample_mode=args.dp_grad_sample_mode or DEFAULT_GRAD_SAMPLE_MODE,
     )
 
 

@@ -175,6 +175,7 @@ def test_script_without_dp_flags_trains_plainly():
     [
         (("--dp-delta", "1e-5"), "without --dp-epsilon"),
         (("--dp-max-grad-norm", "1"), "without --dp-epsilon"),
+        (("--dp-grad-sample-mode", "hooks"), "without --dp-epsilon"),
         (("--dp-epsilon", "3", "--site-root", "r", "--fedprox-mu", "0.1"), "cannot be combined with DP-SGD"),
         (("--dp-epsilon", "3"), "needs --site-root"),
         (("--dp-epsilon", "nan", "--site-root", "r"), "target_epsilon=nan"),
@@ -189,6 +190,26 @@ def test_script_dp_flags_fail_closed(argv, fragment):
 def test_script_dp_defaults():
     dp = dp_settings(parsed("--dp-epsilon", "2", "--site-root", "/kit"))
     assert (dp.epsilon, dp.delta, dp.max_grad_norm, dp.site_root) == (2.0, 1e-5, 1.0, Path("/kit"))
+    assert dp.grad_sample_mode == "ew"
+
+
+def test_script_grad_sample_mode_flag():
+    dp = dp_settings(parsed("--dp-epsilon", "2", "--site-root", "/kit", "--dp-grad-sample-mode", "hooks"))
+    assert dp.grad_sample_mode == "hooks"
+
+
+def test_unknown_grad_sample_mode_rejected(tmp_path):
+    with pytest.raises(InvalidPrivacySetting, match="invalid grad_sample_mode='ghost'"):
+        SiteDPSGD(
+            epsilon=2.0,
+            delta=1e-5,
+            max_grad_norm=1.0,
+            batch_size=32,
+            learning_rate=1e-3,
+            local_epochs=1,
+            site_root=tmp_path,
+            grad_sample_mode="ghost",
+        )
 
 
 @pytest.mark.parametrize("script_args", ["--site-root /tmp/x", "--site-root=/tmp/x"])
