@@ -19,9 +19,14 @@ contribution.rejected       yes     yes   yes    reason_code, reason
 round.completed             yes           yes    num_accepted, num_rejected, global_metrics, site_metrics
 job.finished                yes                  status (a FINISHED:* status)
 site.joined                         yes          org?
-site.left                           yes          (empty)
-privacy.spent               yes                  epsilon, delta, ...
+site.left                           yes          reason?, revoked?, certificate_fingerprint?
+privacy.spent               yes                  epsilon, delta, mechanism?, epsilon_budget?, ...
+kit.issued                          site?        participant, role, certificate_fingerprint, expires_at
 ==========================  ======  ====  =====  ==========================================================
+
+Some optional payload fields are not declared in the models below; they are kept as sent, and the handlers read them
+when present: a ``site.left`` with ``revoked: true`` revokes the site's certificates, and ``privacy.spent`` takes
+``mechanism`` (``dp-sgd``, ``dp-fedavg``), ``epsilon_budget`` and ``epsilon_remaining`` into the privacy ledger.
 """
 
 from __future__ import annotations
@@ -199,7 +204,10 @@ class EventBase(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _to_utc(cls, value: AwareDatetime) -> AwareDatetime:
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"occurred_at {value.isoformat()} is outside the range of UTC timestamps") from None
 
     @model_validator(mode="after")
     def _check_required_context(self) -> EventBase:

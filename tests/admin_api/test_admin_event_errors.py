@@ -38,3 +38,21 @@ def test_huge_round_rejected(client, event_headers):
     response = client.post("/api/v1/events", json=event, headers=event_headers)
     assert response.status_code == 422
     assert "round" in response.json()["detail"]
+
+
+def test_occurred_at_outside_utc_range_rejected(client, event_headers):
+    """Year 1 at +01:00 is before 0001-01-01T00:00Z, which Python cannot represent: a 422, not a 500."""
+    event = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "type": "site.left",
+        "occurred_at": "0001-01-01T00:00:00+01:00",
+        "job_id": None,
+        "site": "hospital-a",
+        "round": None,
+        "actor": None,
+        "payload": {},
+    }
+    response = client.post("/api/v1/events", json=event, headers=event_headers)
+    assert response.status_code == 422
+    assert "outside the range" in response.json()["detail"]

@@ -61,7 +61,13 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
     ("GET", "/api/v1/reports/period?start=2026-01-01T00:00:00Z&end=2030-01-01T00:00:00Z", None,
      {**dict.fromkeys(ROLES, 403), "project_admin": 200, "compliance_officer": 200}),
     ("GET", "/api/v1/sites", None, ALL),
+    ("GET", "/api/v1/sites/certificates", None, {**dict.fromkeys(ROLES, 403), "project_admin": 200, "org_admin": 200,
+                                                 "compliance_officer": 200}),
+    ("GET", "/api/v1/privacy/ledger", None, {**ALL, "member": 403}),
+    ("GET", "/api/v1/privacy/sites", None, {**ALL, "member": 403}),
     ("GET", "/api/v1/audit/verify", None, {**dict.fromkeys(ROLES, 403), "project_admin": 200, "compliance_officer": 200}),
+    ("GET", "/api/v1/audit/verify?from_checkpoint=true", None,
+     {**dict.fromkeys(ROLES, 403), "project_admin": 200, "compliance_officer": 200}),
     ("GET", "/api/v1/audit/events", None, {**dict.fromkeys(ROLES, 403), "project_admin": 200, "compliance_officer": 200}),
     ("GET", "/api/v1/users", None, {**ALL, "lead": 403, "member": 403}),
     ("GET", "/api/v1/users/me", None, ALL),
@@ -119,6 +125,44 @@ def test_org_admin_sees_own_org(role_client: TestClient, tokens: dict[str, str])
         "job-b",
         "job-a",
     ]
+
+
+@pytest.mark.usefixtures("two_jobs")
+def test_org_admin_sees_own_privacy_spends(
+    role_client: TestClient, tokens: dict[str, str], make_event: EventFactory
+) -> None:
+    spends = [
+        make_event("privacy.spent", job_id="job-a", site="hospital-a", round=0,
+                   payload={"epsilon": 0.5, "delta": 1e-5, "mechanism": "dp-sgd"}),
+        make_event("privacy.spent", job_id="job-a", site="hospital-b", round=0,
+                   payload={"epsilon": 0.4, "delta": 1e-5, "mechanism": "dp-sgd"}),
+        make_event("privacy.spent", job_id="job-a", round=0, payload={"epsilon": 0.2, "delta": 1e-5,
+                                                                     "mechanism": "dp-fedavg"}),
+        make_event("privacy.spent", job_id="job-b", round=0, payload={"epsilon": 0.3, "delta": 1e-5,
+                                                                     "mechanism": "dp-fedavg"}),
+    ]  # fmt: skip
+    response = role_client.post("/api/v1/events:batch", json=spends, headers={"Authorization": f"Bearer {EVENT_TOKEN}"})
+    assert response.status_code == 200, response.text
+
+    def read(role: str, path: str) -> dict[str, Any]:
+        body: dict[str, Any] = role_client.get(path, headers={"Authorization": f"Bearer {tokens[role]}"}).json()
+        return body
+
+    ledger = read("org_admin", "/api/v1/privacy/ledger")
+    assert sorted((e["job_id"], e["site"] or "") for e in ledger["data"]) == [("job-a", ""), ("job-a", "hospital-a")]
+    assert ledger["count"] == 2
+    # Another org's site, asked for by name, stays hidden.
+    assert read("org_admin", "/api/v1/privacy/ledger?site=hospital-b")["data"] == [
+        e for e in ledger["data"] if e["site"] is None
+    ]
+    sites = read("org_admin", "/api/v1/privacy/sites")["data"]
+    assert [(site["site"], site["epsilon_spent"]) for site in sites] == [("hospital-a", pytest.approx(0.7))]
+
+    everything = read("compliance_officer", "/api/v1/privacy/sites")["data"]
+    assert {site["site"]: site["epsilon_spent"] for site in everything} == pytest.approx(
+        {"hospital-a": 0.7, "hospital-b": 0.9}
+    )
+    assert read("lead", "/api/v1/privacy/ledger")["count"] == 4
 
 
 @pytest.mark.usefixtures("two_jobs")

@@ -122,3 +122,59 @@ def test_reconciler_keeps_abandoned(database: Database) -> None:
         job = get_job(session, "crashed")
         assert job is not None
         assert apply_status(session, job, JobStatus.RUNNING, at=T0, source=StatusSource.RECONCILER) is None
+
+
+def missing_since(database: Database, job_id: str) -> datetime | None:
+    with database.session() as session:
+        job = get_job(session, job_id)
+        assert job is not None
+        return job.missing_since
+
+
+def test_grace_survives_restart(database: Database) -> None:
+    """A new detector on the same database (the service restarted) keeps the first detector's grace timer."""
+    add_running_job(database, "orphan", T0)
+    system = FakeSystem(T0 - timedelta(hours=1), running=set())
+    clock = Clock(T0 + timedelta(seconds=10))
+
+    assert check(database, StuckJobDetector(system, grace=timedelta(seconds=60), now=clock)) == []
+    assert missing_since(database, "orphan") == T0 + timedelta(seconds=10)
+
+    clock.now += timedelta(seconds=50)
+    assert check(database, StuckJobDetector(system, grace=timedelta(seconds=60), now=clock)) == []
+    clock.now += timedelta(seconds=11)
+    assert check(database, StuckJobDetector(system, grace=timedelta(seconds=60), now=clock)) == ["orphan"]
+
+    assert status(database, "orphan") == "FINISHED:ABANDONED"
+    assert missing_since(database, "orphan") is None
+    with database.session() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.abandoned")).one()
+    assert "since 2026-12-04T19:00:10.000000Z (60 s grace period)" in event.details["reason"]
+
+
+def test_missing_since_cleared_when_seen_again(database: Database) -> None:
+    add_running_job(database, "flaky", T0)
+    add_running_job(database, "finished", T0)
+    system = FakeSystem(T0 - timedelta(hours=1), running=set())
+    clock = Clock(T0 + timedelta(seconds=10))
+    check(database, StuckJobDetector(system, grace=timedelta(seconds=60), now=clock))
+    assert missing_since(database, "flaky") == missing_since(database, "finished") == clock.now
+
+    with database.write_session() as session:
+        job = get_job(session, "finished")
+        assert job is not None
+        apply_status(session, job, JobStatus.FINISHED_COMPLETED, at=clock.now, source=StatusSource.RECONCILER)
+        session.commit()
+    system.snapshot = FlareSystemSnapshot(
+        server_started_at=T0 - timedelta(hours=1), running_job_ids=frozenset({"flaky"})
+    )
+    clock.now += timedelta(seconds=30)
+    assert check(database, StuckJobDetector(system, grace=timedelta(seconds=60), now=clock)) == []
+    assert missing_since(database, "flaky") is None
+    assert missing_since(database, "finished") is None
+
+    # Missing again after a restart: the grace period starts again from now, not from the first absence.
+    system.snapshot = FlareSystemSnapshot(server_started_at=T0 - timedelta(hours=1), running_job_ids=frozenset())
+    clock.now += timedelta(seconds=40)
+    assert check(database, StuckJobDetector(system, grace=timedelta(seconds=60), now=clock)) == []
+    assert missing_since(database, "flaky") == clock.now
