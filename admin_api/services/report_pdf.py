@@ -166,7 +166,7 @@ def _site_privacy_section(spends: Sequence[SiteJobPrivacyPublic]) -> list[Flowab
 
 
 def _chain_section(chain: ChainVerificationPublic, key_id: str, file_hint: str) -> list[Flowable]:
-    checked = chain.num_events
+    checked: int | str = chain.num_events
     if chain.verified_from_seq is not None:
         checked = f"{chain.num_events} (from the verified checkpoint at seq {chain.verified_from_seq})"
     pairs = [
