@@ -434,7 +434,7 @@ def render_section(results: list[DatabaseResult], args: argparse.Namespace, load
             "Report generation with N audit events in the chain, each N in a fresh database holding one 10-round job "
             "and filler events. The chain was filled for this step only, by `bulk_fill_chain` (hashes from "
             f"`admin_api.core.chain.compute_hash`, {args.fill_batch:,} rows per transaction, `COPY` on PostgreSQL and "
-            "`executemany` on SQLite), and `verify_chain` accepted all N events before any report was timed; the fill "
+            "`executemany` on SQLite). `verify_chain` accepted all N events before any report was timed. The fill "
             "rate is that setup step's, not the service's. Reports verify from the newest audit checkpoint: the first "
             "report finds none, walks the whole chain and records its head as one; the next reports walk from it. "
             f"The last column is a job report after {NEW_EVENTS:,} more events were appended through "
