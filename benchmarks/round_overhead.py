@@ -13,8 +13,8 @@ job, so faster task polling shows up if it makes the sites busier, and the sites
 federation runs no job.
 
 With ``--waiting-cpu`` it then runs two more jobs, at FLARE's default polling intervals and at ours, in which small
-sites finish early and wait for their next task, and reports the median CPU use of the server and of the site that
-waited most, taken as the lower quartile of its per-second samples.
+sites finish early and wait for their next task. It reports the CPU use of the server and of the site that waited
+most, each as the lower quartile of its per-second samples.
 
 Usage: ``python -m benchmarks.round_overhead [--rounds 6] [--waiting-cpu]``; results go to the "Round overhead"
 section of ``docs/benchmarks.md``. Everything is written to a temporary folder and every started process is stopped.
@@ -291,7 +291,8 @@ def render(outcome: dict[str, object]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python -m benchmarks.round_overhead --rounds {outcome['rounds']}` on a machine with "
+        f"`python -m benchmarks.round_overhead --rounds {outcome['rounds']}"
+        f"{' --waiting-cpu' if outcome.get('waiting_cpu') else ''}` on a machine with "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
         f"{datetime.now().date()}. One provisioned federation (server + 3 sites on 127.0.0.1, mTLS), both jobs with "
         "the same site executor and training script, run one after the other; round 0 (start-up) is left out of the "
