@@ -398,6 +398,16 @@ class KitIssuedPayload(_Payload, json_schema_extra=_payload_examples("kit.issued
     certificate_fingerprint: ShortText
     expires_at: AwareDatetime
 
+    @field_validator("expires_at")
+    @classmethod
+    def _check_utc_range(cls, value: AwareDatetime) -> AwareDatetime:
+        # Checked, not converted: the payload is stored and hashed as sent, so a replay keeps its content hash.
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"expires_at {value.isoformat()} is outside the range of UTC timestamps") from None
+        return value
+
 
 class KitIssuedEvent(EventBase):
     """A startup kit was built for a participant (``site`` is set for site kits)."""

@@ -58,10 +58,15 @@ _MAX_MECHANISM_LENGTH = 64
 
 
 def _extra_number(extras: dict[str, Any], key: str) -> float | None:
+    """Return a payload field that is a finite number >= 0 as a float, else None (the audit event keeps it as sent)."""
     value = extras.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _matches(column: InstrumentedAttribute[Any], value: Any) -> ColumnElement[bool]:

@@ -202,3 +202,12 @@ def test_expiring_certificates_metric(cert_client: TestClient) -> None:
     )
     samples = scrape(cert_client, {"Authorization": f"Bearer {API_TOKEN}"})
     assert samples[("consortia_certificates_expiring", ())] == 2
+
+
+@pytest.mark.parametrize("expires_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_expiry_outside_utc_range_rejected(cert_client: TestClient, expires_at: str) -> None:
+    event = kit_event("hospital-a", "site", "AA:01", expires_in_days=1)
+    event["payload"]["expires_at"] = expires_at
+    response = cert_client.post("/api/v1/events", json=event, headers={"Authorization": f"Bearer {EVENT_TOKEN}"})
+    assert response.status_code == 422
+    assert "outside the range" in response.json()["detail"]

@@ -228,3 +228,16 @@ def test_job_without_dp_has_no_privacy(
 ) -> None:
     post_batch(client, event_headers, [make_event("job.started", job_id="job-plain")])
     assert get(client, read_headers, "/api/v1/jobs/job-plain/report")["privacy_by_site"] == []
+
+
+@pytest.mark.parametrize("budget", [10**400, -1.0, "10", True, None])
+def test_unusable_budget_ignored(
+    client: TestClient,
+    event_headers: dict[str, str],
+    read_headers: dict[str, str],
+    make_event: EventFactory,
+    budget: Any,
+) -> None:
+    post_batch(client, event_headers, [dp_sgd(make_event, "job-b", "hospital-a", 0, 0.5, epsilon_budget=budget)])
+    (entry,) = get(client, read_headers, "/api/v1/privacy/ledger")["data"]
+    assert (entry["epsilon"], entry["epsilon_budget"]) == (0.5, None)
