@@ -353,10 +353,10 @@ def render_waiting_cpu(outcome: dict[str, object]) -> list[str]:
         )
     return [
         (
-            "CPU use while sites wait inside a job (`--waiting-cpu`: a 2-round job with 30 local epochs, so small "
-            "sites finish early and poll for their next task; the CPU time of each process tree is sampled every "
-            "second and the lower quartile of the samples is reported, because contended training fills the upper "
-            f"ones): {'; '.join(parts)}."
+            "CPU use while sites wait inside a job: `--waiting-cpu` runs a 2-round job with 30 local epochs, so small "
+            "sites finish early and poll for their next task. The CPU time of each process tree is sampled every "
+            "second, and the lower quartile of the samples is reported because contended training fills the upper "
+            f"ones. {'. '.join(part[0].upper() + part[1:] for part in parts)}."
         ),
         "",
     ]
