@@ -84,6 +84,8 @@ MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.
 # Strict numbers: a bool or a numeric string in a count or metric is a forwarder bug, not a value to coerce.
 # The upper bound keeps every count inside PostgreSQL's BIGINT (2**63 - 1), so a bad value is a 422, not a 500.
 Count = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+# Rounds and example counts are stored in 32-bit INTEGER columns, so their bound is PostgreSQL's INTEGER maximum.
+Int32Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 MetricValue = StrictBool | StrictInt | FiniteFloat | None
 Metrics = dict[MetricName, MetricValue]
@@ -198,7 +200,7 @@ class EventBase(BaseModel):
     occurred_at: AwareDatetime = Field(description="When the event happened, ISO 8601 with a UTC offset.")
     job_id: JobId | None = Field(default=None, description="FLARE job id.")
     site: SiteName | None = Field(default=None, description="Site (FLARE client) name.")
-    round: Count | None = Field(default=None, description="0-based round number.")
+    round: Int32Count | None = Field(default=None, description="0-based round number.")
     actor: ShortText | None = Field(default=None, description="Who caused the event, when a person did.")
 
     @field_validator("occurred_at")
@@ -241,7 +243,7 @@ class JobSubmittedEvent(EventBase):
 class JobStartedPayload(_Payload, json_schema_extra=_payload_examples("job.started")):
     name: ShortText | None = None
     sites: list[SiteName]
-    num_rounds: Count | None = None
+    num_rounds: Int32Count | None = None
     # FLARE's job meta carries the submitter; the server component forwards it because FLARE's submit event has
     # no job id yet.
     submitter: ShortText | None = None
@@ -259,7 +261,7 @@ class JobStartedEvent(EventBase):
 
 
 class RoundStartedPayload(_Payload, json_schema_extra=_payload_examples("round.started")):
-    num_rounds: Annotated[StrictInt, Field(ge=1)]
+    num_rounds: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
     sites: list[SiteName]
 
 
@@ -275,7 +277,7 @@ class RoundStartedEvent(EventBase):
 
 
 class ContributionAcceptedPayload(_Payload, json_schema_extra=_payload_examples("contribution.accepted")):
-    num_examples: Count
+    num_examples: Int32Count
     metrics: Metrics = Field(default_factory=dict)
 
 

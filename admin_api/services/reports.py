@@ -163,6 +163,12 @@ def _check_period(start: datetime, end: datetime) -> None:
     for name, value in (("start", start), ("end", end)):
         if value.tzinfo is None or value.utcoffset() is None:
             raise InvalidPeriodError(f"{name} {value.isoformat()} has no timezone; send ISO 8601 with Z or an offset")
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise InvalidPeriodError(
+                f"{name} {value.isoformat()} is outside the years 1 to 9999 once converted to UTC; send a later time"
+            ) from None
     if start >= end:
         raise InvalidPeriodError(
             f"start {start.isoformat()} is not before end {end.isoformat()}; the period is [start, end)"

@@ -3,6 +3,8 @@
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 
 def test_error_names_payload_field(client, event_headers):
     event = {
@@ -23,7 +25,8 @@ def test_error_names_payload_field(client, event_headers):
     assert "job.submitted" not in detail
 
 
-def test_huge_round_rejected(client, event_headers):
+@pytest.mark.parametrize("round_number", [10**30, 2**31])
+def test_huge_round_rejected(client, event_headers, round_number):
     event = {
         "schema_version": 1,
         "event_id": str(uuid.uuid4()),
@@ -31,13 +34,30 @@ def test_huge_round_rejected(client, event_headers):
         "occurred_at": datetime.now(UTC).isoformat(),
         "job_id": "j1",
         "site": None,
-        "round": 10**30,
+        "round": round_number,
         "actor": None,
         "payload": {"num_rounds": 2, "sites": ["hospital-a"]},
     }
     response = client.post("/api/v1/events", json=event, headers=event_headers)
     assert response.status_code == 422
     assert "round" in response.json()["detail"]
+
+
+def test_round_at_int32_limit_stored(client, event_headers):
+    """The largest round an INTEGER column can store is accepted on both databases."""
+    event = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "type": "round.started",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "job_id": "j1",
+        "site": None,
+        "round": 2**31 - 1,
+        "actor": None,
+        "payload": {"num_rounds": 2, "sites": ["hospital-a"]},
+    }
+    response = client.post("/api/v1/events", json=event, headers=event_headers)
+    assert response.status_code in (200, 201, 202)
 
 
 def test_occurred_at_outside_utc_range_rejected(client, event_headers):

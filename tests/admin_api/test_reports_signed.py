@@ -227,6 +227,7 @@ def test_period_report_formats(recorded: TestClient, read_headers: dict[str, str
         ({"start": at(60), "end": at(0)}, "is not before end"),
         ({"start": "2026-12-04T19:00:00", "end": at(60)}, "timezone"),
         ({"end": at(60)}, "start"),
+        ({"start": "0001-01-01T00:01:00+00:09", "end": at(60)}, "outside the years 1 to 9999"),
     ],
 )
 def test_period_report_invalid(
