@@ -61,9 +61,10 @@ class WeightedFedAvg:
 
     Args:
         num_threads: torch intra-op threads used while folding a contribution in; ``None`` keeps the process-wide
-            setting. One thread is the default because the sum is limited by memory bandwidth: on a 2-CPU machine
-            shared with other processes, two threads measured slower than one (``benchmarks/aggregation.py``).
-            Raise it on a server with many cores and memory channels to itself.
+            setting. One thread is the default because the sum is limited by memory bandwidth. On a 2-CPU machine,
+            two threads were up to 3.7 times slower than one while other processes kept it busy, and at most 1.35
+            times faster when it was nearly idle (``benchmarks/aggregation.py``). Raise it on a server with many
+            cores and memory channels to itself.
 
     Raises:
         InvalidSetting: If ``num_threads`` is not None or a whole number of at least 1.
