@@ -269,6 +269,14 @@ def rotate_site(workspace: Workspace, site: str, *, actor: str) -> RotatedSite:
     write_revocation_list(workspace, state, [*_current_entries(workspace, state), old_entry])
     state.kit_dirs[site] = str(new_kit)
     workspace.save(state)
+    payload = {
+        "reason": old_entry.reason,
+        "revoked": True,
+        "scope": "certificate",
+        "certificate_fingerprint": old_entry.sha256,
+        "new_certificate_fingerprint": new_sha256,
+    }
+    record_event(workspace, state, make_envelope("site.left", job_id=None, site=site, actor=actor, payload=payload))
     return RotatedSite(site=site, kit_dir=new_kit, old_sha256=old_entry.sha256, new_sha256=new_sha256)
 
 

@@ -4,8 +4,9 @@
 the kit role, the certificate's SHA-256 fingerprint and its expiry; the actor is who issued it. ``consortia site
 revoke`` posts a ``site.left`` event with ``revoked: true``, a ``reason`` and the site certificate's fingerprint
 (``provisioning/revocation.py``). FLARE rejects a revoked site by name, so the revocation covers every certificate
-of the site issued up to then. Key rotation (``consortia site rotate``) sends no event for the certificate it
-retires; the kit it issues next becomes the site's current certificate.
+of the site issued up to then. Key rotation (``consortia site rotate``) posts a ``site.left`` event with
+``revoked: true`` and ``scope: certificate``, which revokes only the certificate with that fingerprint; the site
+stays a member and its new certificate becomes current when its kit is issued.
 
 A participant's current certificate is its most recently issued one. Revocations and issuances may arrive in either
 order: a certificate recorded after its site's revocation is marked revoked from the revocation's audit event.
@@ -26,12 +27,17 @@ from admin_api.services.audit import next_audit_seq, site_target
 from admin_api.services.jobs import utc_now
 
 __all__ = [
+    "CERTIFICATE_SCOPE",
     "count_expiring_certificates",
     "current_certificates",
     "kind_of_role",
     "record_certificate",
+    "revoke_certificate",
     "revoke_site_certificates",
 ]
+
+CERTIFICATE_SCOPE = "certificate"
+"""``scope`` of a ``site.left`` revocation that retires one certificate, not the site."""
 
 _MAX_ORG_LENGTH = 128
 
@@ -55,8 +61,14 @@ def _org_of(session: Session, participant: str, extras: dict[str, Any]) -> str |
     return session.scalar(select(User.org).where(User.name == participant))
 
 
-def _revocation_of(session: Session, participant: str, issued_at: datetime) -> tuple[datetime, str | None] | None:
-    """Return the time and reason of a recorded revocation of ``participant`` at or after ``issued_at``."""
+def _revocation_of(
+    session: Session, participant: str, fingerprint: str, issued_at: datetime
+) -> tuple[datetime, str | None] | None:
+    """Return the time and reason of a recorded revocation of this certificate at or after ``issued_at``.
+
+    A revocation of the whole site covers the certificate; a revocation of one certificate only when the
+    fingerprints match.
+    """
     events = session.scalars(
         select(AuditEvent)
         .where(AuditEvent.target == site_target(participant), AuditEvent.action == "site.left")
@@ -64,6 +76,8 @@ def _revocation_of(session: Session, participant: str, issued_at: datetime) -> t
     )
     for event in events:
         payload = (event.details or {}).get("payload") or {}
+        if payload.get("scope") == CERTIFICATE_SCOPE and payload.get("certificate_fingerprint") != fingerprint:
+            continue
         if payload.get("revoked") is True and event.occurred_at >= issued_at:
             reason = payload.get("reason")
             return event.occurred_at, reason if isinstance(reason, str) else None
@@ -96,7 +110,9 @@ def record_certificate(session: Session, event: KitIssuedEvent) -> dict[str, Any
     )
     if certificate is None:
         certificate = Certificate(participant=participant, fingerprint=fingerprint, **values)
-        revocation = _revocation_of(session, participant, event.occurred_at) if values["kind"] == "site" else None
+        revocation = (
+            _revocation_of(session, participant, fingerprint, event.occurred_at) if values["kind"] == "site" else None
+        )
         if revocation is not None:
             certificate.revoked_at, certificate.revocation_reason = revocation
         session.add(certificate)
@@ -108,6 +124,26 @@ def record_certificate(session: Session, event: KitIssuedEvent) -> dict[str, Any
     else:
         outcome = "unchanged"
     return {"certificate": outcome, "kind": values["kind"], "revoked": certificate.revoked_at is not None}
+
+
+def revoke_certificate(
+    session: Session, site: str, fingerprint: str, *, at: datetime, reason: str | None
+) -> list[str]:
+    """Mark the certificate of ``site`` with ``fingerprint`` as revoked at ``at``; return its fingerprint if found.
+
+    The revocation is kept in the audit chain either way, so a certificate recorded later is marked revoked when
+    its ``kit.issued`` event arrives.
+    """
+    certificate = session.scalar(
+        select(Certificate).where(
+            Certificate.participant == site, Certificate.fingerprint == fingerprint.strip(), Certificate.revoked_at.is_(None)
+        )
+    )
+    if certificate is None:
+        return []
+    certificate.revoked_at = at
+    certificate.revocation_reason = reason[:4000] if reason else None
+    return [certificate.fingerprint]
 
 
 def revoke_site_certificates(session: Session, site: str, *, at: datetime, reason: str | None) -> list[str]:

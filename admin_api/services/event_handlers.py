@@ -28,7 +28,12 @@ from admin_api.schemas.events import (
     SiteJoinedEvent,
     SiteLeftEvent,
 )
-from admin_api.services.certificates import record_certificate, revoke_site_certificates
+from admin_api.services.certificates import (
+    CERTIFICATE_SCOPE,
+    record_certificate,
+    revoke_certificate,
+    revoke_site_certificates,
+)
 from admin_api.services.jobs import merge_job_sites, utc_now
 from admin_api.services.privacy import record_privacy_spend
 from admin_api.services.rounds import record_contribution, record_round_metrics
@@ -186,10 +191,23 @@ def _on_site_joined(session: Session, event: SiteJoinedEvent, job: Job | None) -
 
 def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None) -> dict[str, Any]:
     assert event.site is not None  # enforced by the event schema
+    extras = event.payload.model_extra or {}
+    if extras.get("revoked") is True and extras.get("scope") == CERTIFICATE_SCOPE:
+        # 'consortia site rotate' retires one certificate; the site stays a member and restarts with its new kit.
+        fingerprint = extras.get("certificate_fingerprint")
+        reason = extras.get("reason")
+        return {
+            "certificates_revoked": revoke_certificate(
+                session,
+                event.site,
+                fingerprint if isinstance(fingerprint, str) else "",
+                at=event.occurred_at,
+                reason=reason if isinstance(reason, str) else None,
+            )
+        }
     site = touch_site(session, event.site, at=event.occurred_at)
     applied = set_site_status(site, SiteStatus.OFFLINE, at=event.occurred_at)
     effects: dict[str, Any] = {"site_status": SiteStatus.OFFLINE.value if applied else None}
-    extras = event.payload.model_extra or {}
     # 'consortia site revoke' reports a revocation as site.left with revoked: true (provisioning/revocation.py).
     if extras.get("revoked") is True:
         reason = extras.get("reason")

@@ -211,3 +211,39 @@ def test_expiry_outside_utc_range_rejected(cert_client: TestClient, expires_at: 
     response = cert_client.post("/api/v1/events", json=event, headers={"Authorization": f"Bearer {EVENT_TOKEN}"})
     assert response.status_code == 422
     assert "outside the range" in response.json()["detail"]
+
+
+def rotate_event(site: str, old: str, new: str) -> dict[str, Any]:
+    """A key rotation as provisioning/revocation.rotate_site reports it: one certificate retired."""
+    event = revoke_event(site, old)
+    event["payload"] = {
+        "reason": "key rotated",
+        "revoked": True,
+        "scope": "certificate",
+        "certificate_fingerprint": old,
+        "new_certificate_fingerprint": new,
+    }
+    return event
+
+
+def test_rotation_revokes_only_old_certificate(cert_client: TestClient) -> None:
+    post(cert_client, kit_event("hospital-a", "site", "AA:01", expires_in_days=10, issued_days_ago=3))
+    post(cert_client, rotate_event("hospital-a", "AA:01", "AA:02"))
+    # The new kit's issuance may carry an earlier time than the rotation event; it must stay valid anyway.
+    post(cert_client, kit_event("hospital-a", "site", "AA:02", expires_in_days=365, issued_days_ago=1))
+    (certificate,) = certificates(cert_client)["data"]
+    assert (certificate["fingerprint"], certificate["revoked_at"]) == ("AA:02", None)
+    events = cert_client.get(
+        "/api/v1/audit/events", params={"action": "site.left"}, headers={"Authorization": f"Bearer {API_TOKEN}"}
+    ).json()["data"]
+    assert events[0]["details"]["effects"]["certificates_revoked"] == ["AA:01"]
+    # A rotation retires a certificate, not the site: no status change is recorded.
+    assert "site_status" not in events[0]["details"]["effects"]
+
+
+def test_rotation_before_old_issuance_event(cert_client: TestClient) -> None:
+    post(cert_client, rotate_event("hospital-a", "AA:01", "AA:02"))
+    post(cert_client, kit_event("hospital-a", "site", "AA:01", expires_in_days=10, issued_days_ago=3))
+    (certificate,) = certificates(cert_client)["data"]
+    assert (certificate["fingerprint"], certificate["revoked_at"] is not None) == ("AA:01", True)
+    assert certificate["revocation_reason"] == "key rotated"

@@ -153,3 +153,15 @@ def test_list_certificates_marks_revoked(workspace):
     statuses = {s.participant: s for s in list_certificates(workspace)}
     assert statuses["hospital-b"].revoked
     assert not statuses["hospital-a"].revoked
+
+
+def test_rotate_audited_in_spool(workspace):
+    rotated = rotate_site(workspace, "hospital-a", actor="tester")
+    spool = workspace.runtime_dir / "server" / "event-spool"
+    events = [json.loads(p.read_text()) for p in spool.glob("*.json")]
+    (left,) = [e for e in events if e["type"] == "site.left"]
+    assert left["site"] == "hospital-a"
+    assert left["payload"]["scope"] == "certificate"
+    assert left["payload"]["revoked"] is True
+    assert left["payload"]["certificate_fingerprint"] == rotated.old_sha256
+    assert left["payload"]["new_certificate_fingerprint"] == rotated.new_sha256
