@@ -56,8 +56,9 @@ class ConsortiaFedAvg(ModelController):
     Args:
         num_rounds: number of training rounds.
         min_sites: valid contributions needed per round; ``None`` means every site that is connected at start
-            (or every selected site with ``site_selection``), less the sites that refused with a code in
-            ``PERMANENT_REFUSALS``. Those sites get no further tasks in the job.
+            (or every selected site with ``site_selection``), so any refusal stops the job. A site that refuses
+            with a code in ``PERMANENT_REFUSALS`` gets no further tasks in the job; with an explicit ``min_sites``
+            the job goes on without it while enough sites remain.
         round_timeout: seconds a round waits for sites before it closes with what arrived (0 waits forever).
         wait_time_after_min_received: seconds to keep waiting for late sites once ``min_sites`` have responded.
         max_update_norm: reject a contribution whose L2 distance to the global model exceeds this (None: no bound).
@@ -159,7 +160,6 @@ class ConsortiaFedAvg(ModelController):
         if self.abort_signal.triggered:
             return None
         self._report_missing(targets)
-        required = self._required_after_refusals(targets, required)
         accepted = self.round_aggregator.count
         if accepted < required:
             self._stop_job(
@@ -321,12 +321,6 @@ class ConsortiaFedAvg(ModelController):
             dropped = {site: self._excluded[site] for site in sites if site in self._excluded}
             self.info(f"round {self._round}: sending no tasks to {dropped} (permanent refusals)")
         return remaining
-
-    def _required_after_refusals(self, targets: list[str], required: int) -> int:
-        """Lower the round's required contributions by the sites that refused permanently, when min_sites is all."""
-        if self.min_sites is not None:
-            return required
-        return max(1, len([site for site in targets if site not in self._excluded]))
 
     def _report_missing(self, sites: list[str]) -> None:
         elapsed = time.monotonic() - self._broadcast_started

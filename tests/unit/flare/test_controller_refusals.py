@@ -60,7 +60,7 @@ class Federation:
 
 @pytest.mark.parametrize("code", sorted(PERMANENT_REFUSALS))
 def test_permanent_refusal_drops_site(code):
-    workflow = ConsortiaFedAvg(num_rounds=3)
+    workflow = ConsortiaFedAvg(num_rounds=3, min_sites=2)
     federation = Federation(workflow, ["a", "b", "c"], {"b": (0, code)})
     workflow.run()
     assert federation.stops == []
@@ -71,7 +71,7 @@ def test_permanent_refusal_drops_site(code):
 
 
 def test_exclusion_reported_in_round_started():
-    workflow = ConsortiaFedAvg(num_rounds=2, final_evaluation=False)
+    workflow = ConsortiaFedAvg(num_rounds=2, min_sites=1, final_evaluation=False)
     federation = Federation(workflow, ["a", "b"], {"b": (0, "privacy_budget_exhausted")})
     workflow.run()
     started = [payload for _, payload in federation.payloads("round.started")]
@@ -80,14 +80,14 @@ def test_exclusion_reported_in_round_started():
     assert started[1]["sites"] == ["a"]
 
 
-def test_refusal_lowers_all_sites_minimum():
-    workflow = ConsortiaFedAvg(num_rounds=1, final_evaluation=False)
+def test_permanent_refusal_stops_all_sites_job():
+    """Without min_sites the job needs every site, so a site that cannot train stops it at once."""
+    workflow = ConsortiaFedAvg(num_rounds=2, final_evaluation=False)
     federation = Federation(workflow, ["a", "b", "c"], {"c": (0, "site_data_invalid")})
     workflow.run()
-    assert federation.stops == []
-    completed = federation.payloads("round.completed")
-    assert completed[0][1]["num_accepted"] == 2
-    assert completed[0][1]["num_rejected"] == 1
+    assert len(federation.stops) == 1
+    assert "round 0 received 2 valid contributions but min_sites=3" in federation.stops[0]
+    assert list(federation.targets("train")) == [0]
 
 
 def test_refusal_keeps_explicit_min_sites():
@@ -119,7 +119,7 @@ def test_transient_refusal_stops_all_sites_job():
 
 
 def test_later_refusal_drops_site_from_then_on():
-    workflow = ConsortiaFedAvg(num_rounds=3)
+    workflow = ConsortiaFedAvg(num_rounds=3, min_sites=1)
     federation = Federation(workflow, ["a", "b"], {"b": (1, "privacy_budget_exhausted")})
     workflow.run()
     assert federation.stops == []
