@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from admin_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from admin_api.api.middleware import BodySizeLimitMiddleware, NulByteMiddleware, RequestIdMiddleware
 from admin_api.api.openapi import document_problem_responses
 from admin_api.api.problems import install_problem_handlers
 from admin_api.api.routes import audit, events, health, jobs, ops, privacy, reports, sites, users
@@ -167,6 +167,7 @@ def create_app(
     install_problem_handlers(app)
     # Added last, so it runs first: the body limit's 413 carries the request id too.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(NulByteMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for module in (health, events, jobs, sites, privacy, audit, reports, ops, users):
         app.include_router(module.router)

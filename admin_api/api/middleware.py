@@ -68,6 +68,41 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+def _problem(scope: Scope, status: HTTPStatus, problem_type: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "type": f"urn:consortia:problem:{problem_type}",
+            "title": status.phrase,
+            "status": status.value,
+            "detail": detail,
+            "instance": scope["path"],
+            "request_id": request_id_var.get(),
+        },
+        status_code=status.value,
+        media_type="application/problem+json",
+    )
+
+
+class NulByteMiddleware:
+    """Reject a path or query string that contains a NUL byte with 422 problem details.
+
+    PostgreSQL text cannot hold NUL, so such a value would fail in the database with a 500; SQLite would accept it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string") or b""
+            if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+                detail = "the request path or query contains a NUL byte (%00), which no name or id can contain; remove it"
+                logger.info("rejected a request with a NUL byte in %s", scope["path"].replace("\x00", "%00"))
+                await _problem(scope, HTTPStatus.UNPROCESSABLE_ENTITY, "validation-error", detail)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodySizeLimitMiddleware:
     """Reject a request body larger than ``max_bytes`` with 413 problem details.
 
@@ -88,18 +123,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse(
-                {
-                    "type": "urn:consortia:problem:request-entity-too-large",
-                    "title": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.phrase,
-                    "status": HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
-                    "detail": self._detail(),
-                    "instance": scope["path"],
-                    "request_id": request_id_var.get(),
-                },
-                status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
-                media_type="application/problem+json",
-            )
+            response = _problem(scope, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request-entity-too-large", self._detail())
             await response(scope, receive, send)
             return
 

@@ -77,8 +77,10 @@ SCHEMA_VERSION = 1
 MAX_BATCH_SIZE = 500
 _MAX_JSON_DEPTH = 16
 
-JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
-SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+SiteName = Annotated[str, StringConstraints(pattern=SITE_NAME_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,63}$")]
 # Strict numbers: a bool or a numeric string in a count or metric is a forwarder bug, not a value to coerce.

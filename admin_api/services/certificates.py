@@ -76,7 +76,10 @@ def _revocation_of(
     )
     for event in events:
         payload = (event.details or {}).get("payload") or {}
-        if payload.get("scope") == CERTIFICATE_SCOPE and payload.get("certificate_fingerprint") != fingerprint:
+        revoked_fingerprint = payload.get("certificate_fingerprint")
+        if payload.get("scope") == CERTIFICATE_SCOPE and (
+            not isinstance(revoked_fingerprint, str) or revoked_fingerprint.strip() != fingerprint
+        ):
             continue
         if payload.get("revoked") is True and event.occurred_at >= issued_at:
             reason = payload.get("reason")

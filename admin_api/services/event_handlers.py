@@ -218,7 +218,10 @@ def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None) -> di
 
 
 def _on_privacy_spent(session: Session, event: PrivacySpentEvent, job: Job | None) -> dict[str, Any]:
-    return {"privacy_ledger": record_privacy_spend(session, event, _require(job))}
+    job = _require(job)
+    # A site that reports a spend took part in the job, so the job's client-level spends are charged to it too.
+    added = merge_job_sites(job, [event.site]) if event.site is not None else []
+    return {"privacy_ledger": record_privacy_spend(session, event, job), "sites_added": added}
 
 
 def _on_kit_issued(session: Session, event: KitIssuedEvent, job: Job | None) -> dict[str, Any]:

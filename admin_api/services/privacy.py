@@ -25,6 +25,7 @@ when the event carries them as numbers; the FLARE side does not send them yet.
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -69,6 +70,19 @@ def _extra_number(extras: dict[str, Any], key: str) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+def _total(values: Iterable[float]) -> float:
+    """Return the exact sum of ``values``, or the largest float when it overflows (JSON has no infinity).
+
+    Epsilons are finite one by one, but a sum of huge ones can exceed the float range; reporting the largest float
+    keeps the total an upper bound instead of failing the request.
+    """
+    try:
+        total = math.fsum(values)
+    except OverflowError:
+        return sys.float_info.max
+    return total if math.isfinite(total) else sys.float_info.max
+
+
 def _matches(column: InstrumentedAttribute[Any], value: Any) -> ColumnElement[bool]:
     return column.is_(None) if value is None else column == value
 
@@ -76,8 +90,9 @@ def _matches(column: InstrumentedAttribute[Any], value: Any) -> ColumnElement[bo
 def record_privacy_spend(session: Session, event: PrivacySpentEvent, job: Job) -> dict[str, Any]:
     """Add the event's spend to the ledger inside the ingestion transaction; return the effects for the audit event.
 
-    One row per (job, round, site, kind). A replay with the same or a smaller epsilon changes nothing; a larger
-    epsilon replaces the row's values, so the ledger never under-counts. Runs under the audit chain lock, which
+    One row per (job, round, site, kind); client-level rows name no site. A replay with the same or smaller
+    epsilon and delta changes nothing; a larger epsilon or delta replaces the row's values with the larger of each,
+    so the ledger never under-counts. Runs under the audit chain lock, which
     also makes the lookup of an existing row race-free.
     """
     extras = event.payload.model_extra or {}
@@ -87,6 +102,8 @@ def record_privacy_spend(session: Session, event: PrivacySpentEvent, job: Job) -
     kind = MECHANISM_KINDS.get(mechanism or "") or (
         PrivacyKind.SAMPLE_LEVEL if event.site is not None else PrivacyKind.CLIENT_LEVEL
     )
+    # A client-level spend covers every site of the job, so its row names no site even when the event does.
+    site = None if kind == PrivacyKind.CLIENT_LEVEL else event.site
     values = {
         "mechanism": mechanism,
         "epsilon": event.payload.epsilon,
@@ -100,14 +117,16 @@ def record_privacy_spend(session: Session, event: PrivacySpentEvent, job: Job) -
         select(PrivacySpend).where(
             PrivacySpend.job_pk == job.id,
             PrivacySpend.kind == kind.value,
-            _matches(PrivacySpend.site, event.site),
+            _matches(PrivacySpend.site, site),
             _matches(PrivacySpend.round, event.round),
         )
     )
     if existing is None:
-        session.add(PrivacySpend(job_pk=job.id, site=event.site, round=event.round, kind=kind.value, **values))
+        session.add(PrivacySpend(job_pk=job.id, site=site, round=event.round, kind=kind.value, **values))
         outcome = "recorded"
-    elif event.payload.epsilon > existing.epsilon:
+    elif event.payload.epsilon > existing.epsilon or event.payload.delta > existing.delta:
+        values["epsilon"] = max(event.payload.epsilon, existing.epsilon)
+        values["delta"] = max(event.payload.delta, existing.delta)
         for name, value in values.items():
             setattr(existing, name, value)
         outcome = "replaced"
@@ -203,8 +222,8 @@ class _JobSiteSpend:
         return SiteJobPrivacyPublic(
             job_id=self.job_id,
             site=self.site,
-            epsilon=math.fsum(self.epsilon.values()),
-            delta=math.fsum(self.delta.values()),
+            epsilon=_total(self.epsilon.values()),
+            delta=_total(self.delta.values()),
             sample_level_epsilon=self.epsilon.get(PrivacyKind.SAMPLE_LEVEL.value),
             client_level_epsilon=self.epsilon.get(PrivacyKind.CLIENT_LEVEL.value),
             last_round=self.last_round,
@@ -272,8 +291,8 @@ def site_privacy_totals(session: Session, *, visible_sites: Collection[str] | No
             SitePrivacyPublic(
                 site=site,
                 org=orgs.get(site),
-                epsilon_spent=math.fsum(job.epsilon for job in jobs),
-                delta_spent=math.fsum(job.delta for job in jobs),
+                epsilon_spent=_total(job.epsilon for job in jobs),
+                delta_spent=_total(job.delta for job in jobs),
                 num_jobs=len(jobs),
                 epsilon_budget=budget.epsilon_budget if budget is not None else None,
                 epsilon_remaining=budget.epsilon_remaining if budget is not None else None,

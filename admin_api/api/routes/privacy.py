@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from admin_api.api.auth import Principal, visible_org
 from admin_api.api.deps import PrivacyReaderDep, SessionDep
+from admin_api.schemas.events import JOB_ID_PATTERN, SITE_NAME_PATTERN
 from admin_api.schemas.privacy import PrivacyLedgerPublic, SitesPrivacyPublic
 from admin_api.services.privacy import list_privacy_ledger, org_site_names, site_privacy_totals
 
@@ -28,8 +29,10 @@ def _visible_sites(session: Session, principal: Principal) -> set[str] | None:
 def read_privacy_ledger(
     session: SessionDep,
     principal: PrivacyReaderDep,
-    site: Annotated[str | None, Query(max_length=128, description="Spends of this site and of its jobs.")] = None,
-    job_id: Annotated[str | None, Query(max_length=128, description="Spends of this job.")] = None,
+    site: Annotated[
+        str | None, Query(pattern=SITE_NAME_PATTERN, description="Spends of this site and of its jobs.")
+    ] = None,
+    job_id: Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="Spends of this job.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> PrivacyLedgerPublic:
