@@ -33,6 +33,7 @@ __all__ = [
     "SYSTEM_ROLE",
     "append_audit_event",
     "get_chain_head",
+    "iter_audit_records",
     "job_target",
     "list_audit_events",
     "lock_chain",
@@ -223,8 +224,14 @@ def _to_record(event: AuditEvent) -> AuditRecord:
     )
 
 
-def _iter_records(session: Session) -> Iterator[AuditRecord]:
-    statement = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=_VERIFY_BATCH_SIZE)
+def iter_audit_records(session: Session, *, from_seq: int = 1) -> Iterator[AuditRecord]:
+    """Yield the audit events from ``from_seq`` on as chain records, in seq order, in batches."""
+    statement = (
+        select(AuditEvent)
+        .where(AuditEvent.seq >= from_seq)
+        .order_by(AuditEvent.seq)
+        .execution_options(yield_per=_VERIFY_BATCH_SIZE)
+    )
     for event in session.scalars(statement):
         yield _to_record(event)
 
@@ -235,7 +242,7 @@ def verify_chain(session: Session) -> ChainVerification:
     Returns:
         The result; ``first_bad_seq`` names the first bad position when ``ok`` is False.
     """
-    result = verify_records(_iter_records(session))
+    result = verify_records(iter_audit_records(session))
     record_chain_check(result)
     if not result.ok:
         logger.error(

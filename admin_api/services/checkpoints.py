@@ -23,24 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from admin_api.core.chain import AuditRecord, ChainVerification, format_timestamp, verify_records
+from admin_api.core.chain import ChainVerification, format_timestamp, verify_records
 from admin_api.db import SQLITE_BEGIN_OPTION
 from admin_api.models import AuditCheckpoint, AuditEvent
-from admin_api.services.audit import verify_chain
+from admin_api.services.audit import iter_audit_records, verify_chain
 from admin_api.services.jobs import utc_now
 from admin_api.services.metrics import record_chain_check
 
 __all__ = ["newest_checkpoint", "record_checkpoint", "verify_from_checkpoint", "verify_full"]
 
 logger = logging.getLogger(__name__)
-
-_VERIFY_BATCH_SIZE = 1000
 
 
 def newest_checkpoint(session: Session) -> AuditCheckpoint | None:
@@ -102,27 +99,6 @@ def verify_full(session: Session, *, checkpoint: bool = True) -> ChainVerificati
     return result
 
 
-def _iter_records_from(session: Session, seq: int) -> Iterator[AuditRecord]:
-    statement = (
-        select(AuditEvent)
-        .where(AuditEvent.seq >= seq)
-        .order_by(AuditEvent.seq)
-        .execution_options(yield_per=_VERIFY_BATCH_SIZE)
-    )
-    for event in session.scalars(statement):
-        yield AuditRecord(
-            seq=event.seq,
-            occurred_at=event.occurred_at,
-            actor=event.actor,
-            role=event.role,
-            action=event.action,
-            target=event.target,
-            details=event.details,
-            prev_hash=event.prev_hash,
-            hash=event.hash,
-        )
-
-
 def _checkpoint_mismatch(checkpoint: AuditCheckpoint, event: AuditEvent | None) -> ChainVerification | None:
     verified = format_timestamp(checkpoint.verified_at)
     if event is None:
@@ -167,7 +143,7 @@ def verify_from_checkpoint(session: Session, *, checkpoint: bool = True) -> Chai
     result = _checkpoint_mismatch(start, event)
     if result is None:
         assert event is not None  # _checkpoint_mismatch reports a missing event
-        walked = verify_records(_iter_records_from(session, start.seq), start_seq=start.seq,
+        walked = verify_records(iter_audit_records(session, from_seq=start.seq), start_seq=start.seq,
                                 start_prev_hash=event.prev_hash)  # fmt: skip
         result = dataclasses.replace(walked, verified_from_seq=start.seq)
     record_chain_check(result)
