@@ -9,9 +9,10 @@ import uuid
 from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from admin_api.api.problems import problem_response
 from admin_api.request_context import request_id_var
 from admin_api.services.metrics import observe_request
 
@@ -68,25 +69,10 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-def _problem(scope: Scope, status: HTTPStatus, problem_type: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {
-            "type": f"urn:consortia:problem:{problem_type}",
-            "title": status.phrase,
-            "status": status.value,
-            "detail": detail,
-            "instance": scope["path"],
-            "request_id": request_id_var.get(),
-        },
-        status_code=status.value,
-        media_type="application/problem+json",
-    )
-
-
 class NulByteMiddleware:
     """Reject a path or query string that contains a NUL byte with 422 problem details.
 
-    PostgreSQL text cannot hold NUL, so such a value would fail in the database with a 500; SQLite would accept it.
+    PostgreSQL text cannot contain NUL, so such a value would fail in the database with a 500. SQLite would accept it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -98,7 +84,8 @@ class NulByteMiddleware:
             if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
                 detail = "the request path or query contains a NUL byte (%00), which no name or id can contain; remove it"
                 logger.info("rejected a request with a NUL byte in %s", scope["path"].replace("\x00", "%00"))
-                await _problem(scope, HTTPStatus.UNPROCESSABLE_ENTITY, "validation-error", detail)(scope, receive, send)
+                response = problem_response(Request(scope), HTTPStatus.UNPROCESSABLE_ENTITY, detail, code="validation-error")
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -123,7 +110,9 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            response = _problem(scope, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request-entity-too-large", self._detail())
+            response = problem_response(
+                Request(scope), HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._detail(), code="request-entity-too-large"
+            )
             await response(scope, receive, send)
             return
 
