@@ -144,6 +144,19 @@ def round_ours(models: dict[str, dict[str, np.ndarray]], folder: Path) -> dict[s
 
     download, aggregate_seconds = _timed(aggregate)
     result, decrypt_seconds = _timed(lambda: from_shareable(decrypt.process(fobs.loads(download), fl_ctx)).data)
+    return _round_summary(models, uploads, encrypt_times, download, aggregate_seconds, result, decrypt_seconds)
+
+
+def _round_summary(
+    models: dict[str, dict[str, np.ndarray]],
+    uploads: dict[str, bytes],
+    encrypt_times: list[float],
+    download: bytes,
+    aggregate_seconds: float,
+    result: dict[str, np.ndarray],
+    decrypt_seconds: float,
+) -> dict[str, float]:
+    """Return the times, message sizes and error against plaintext FedAvg of one measured round."""
     return {
         "encrypt": statistics.median(encrypt_times),
         "aggregate": aggregate_seconds,
@@ -198,14 +211,7 @@ def round_stock(models: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
     site_ctx = _site_context(FLContextManager(identity_name="hospital-a", job_id="bench"), "hospital-a")
     decryptor.handle_event(EventType.START_RUN, site_ctx)
     result, decrypt_seconds = _timed(lambda: from_shareable(decryptor.process(fobs.loads(download), site_ctx)).data)
-    return {
-        "encrypt": statistics.median(encrypt_times),
-        "aggregate": aggregate_seconds,
-        "decrypt": decrypt_seconds,
-        "upload_bytes": statistics.median(len(wire) for wire in uploads.values()),
-        "download_bytes": len(download),
-        "max_error": max_error(result, plaintext_fedavg(models)),
-    }
+    return _round_summary(models, uploads, encrypt_times, download, aggregate_seconds, result, decrypt_seconds)
 
 
 def crypto_path(repeats: int) -> dict[str, dict[str, float]]:

@@ -25,9 +25,8 @@ def test_error_names_payload_field(client, event_headers):
     assert "job.submitted" not in detail
 
 
-@pytest.mark.parametrize("round_number", [10**30, 2**31])
-def test_huge_round_rejected(client, event_headers, round_number):
-    event = {
+def round_started(round_number: int) -> dict:
+    return {
         "schema_version": 1,
         "event_id": str(uuid.uuid4()),
         "type": "round.started",
@@ -38,25 +37,18 @@ def test_huge_round_rejected(client, event_headers, round_number):
         "actor": None,
         "payload": {"num_rounds": 2, "sites": ["hospital-a"]},
     }
-    response = client.post("/api/v1/events", json=event, headers=event_headers)
+
+
+@pytest.mark.parametrize("round_number", [10**30, 2**31])
+def test_huge_round_rejected(client, event_headers, round_number):
+    response = client.post("/api/v1/events", json=round_started(round_number), headers=event_headers)
     assert response.status_code == 422
     assert "round" in response.json()["detail"]
 
 
 def test_round_at_int32_limit_stored(client, event_headers):
     """The largest round an INTEGER column can store is accepted on both databases."""
-    event = {
-        "schema_version": 1,
-        "event_id": str(uuid.uuid4()),
-        "type": "round.started",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "job_id": "j1",
-        "site": None,
-        "round": 2**31 - 1,
-        "actor": None,
-        "payload": {"num_rounds": 2, "sites": ["hospital-a"]},
-    }
-    response = client.post("/api/v1/events", json=event, headers=event_headers)
+    response = client.post("/api/v1/events", json=round_started(2**31 - 1), headers=event_headers)
     assert response.status_code in (200, 201, 202)
 
 
