@@ -73,8 +73,8 @@ def _extra_number(extras: dict[str, Any], key: str) -> float | None:
 def _total(values: Iterable[float]) -> float:
     """Return the exact sum of ``values``, or the largest float when it overflows (JSON has no infinity).
 
-    Epsilons are finite one by one, but a sum of huge ones can exceed the float range; reporting the largest float
-    keeps the total an upper bound instead of failing the request.
+    Each epsilon is finite, but a sum of huge ones can exceed the float range. Reporting the largest float keeps the
+    total an upper bound instead of failing the request.
     """
     try:
         total = math.fsum(values)
@@ -90,8 +90,8 @@ def _matches(column: InstrumentedAttribute[Any], value: Any) -> ColumnElement[bo
 def record_privacy_spend(session: Session, event: PrivacySpentEvent, job: Job) -> dict[str, Any]:
     """Add the event's spend to the ledger inside the ingestion transaction; return the effects for the audit event.
 
-    One row per (job, round, site, kind); client-level rows name no site. A replay with the same or smaller
-    epsilon and delta changes nothing; a larger epsilon or delta replaces the row's values with the larger of each,
+    One row per (job, round, site, kind), and client-level rows name no site. A replay with the same or smaller
+    epsilon and delta changes nothing. A larger epsilon or delta replaces the row's values with the larger of each,
     so the ledger never under-counts. Runs under the audit chain lock, which
     also makes the lookup of an existing row race-free.
     """

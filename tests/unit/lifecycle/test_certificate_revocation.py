@@ -52,7 +52,7 @@ def server_root(workspace) -> Path:
 
 
 def copy_startup(workspace, site: str, target: Path) -> Path:
-    """Keep a site's current key and certificate, as a site that was not told about a rotation still has them."""
+    """Keep a site's current key and certificate, as a site that missed a rotation still has them."""
     state = workspace.load()
     shutil.copytree(workspace.kit_dir(state, site) / "startup", target)
     return target
