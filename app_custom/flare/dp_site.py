@@ -64,8 +64,8 @@ class SiteDPSGD:
         learning_rate: Adam learning rate.
         local_epochs: Epochs per round.
         site_root: The site's kit folder, which holds its budget and ledger.
-        grad_sample_mode: How Opacus computes per-sample gradients (``GRAD_SAMPLE_MODES``); the privacy
-            guarantee is the same for every mode.
+        grad_sample_mode: How per-sample gradients are clipped (``GRAD_SAMPLE_MODES``, default "auto"); the
+            privacy guarantee is the same for every mode.
     """
 
     epsilon: float

@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dp-grad-sample-mode",
         choices=GRAD_SAMPLE_MODES,
         default=None,
-        help=f"DP-SGD: how Opacus computes per-sample gradients (default {DEFAULT_GRAD_SAMPLE_MODE}); "
-        "use hooks for layers ew does not support",
+        help=f"DP-SGD: how per-sample gradients are clipped (default {DEFAULT_GRAD_SAMPLE_MODE}: fast_linear for "
+        "models with only nn.Linear parameters, else Opacus' ew); use hooks for layers ew does not support",
     )
     return parser.parse_args(argv)
 

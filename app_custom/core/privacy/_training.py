@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from opacus.optimizers import DPOptimizer
 
+from app_custom.core.privacy._linear_clipping import LinearClippingDPOptimizer
 from app_custom.core.privacy.errors import BudgetExceeded
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ def _noise_only_step(optimizer: DPOptimizer) -> None:
     # An empty Poisson batch is still one run of the sampled Gaussian mechanism: the released step must be
     # pure noise and the accountant must count it. Skipping it would reveal that the batch was empty, which the
     # accounting does not cover. Empty per-sample gradients make Opacus clip nothing and add noise only.
+    if isinstance(optimizer, LinearClippingDPOptimizer):
+        optimizer.step_empty_batch()
+        return
     for parameter in optimizer.params:
         parameter.grad_sample = torch.zeros((0, *parameter.shape), dtype=parameter.dtype, device=parameter.device)
     optimizer.step()

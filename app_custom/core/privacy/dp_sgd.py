@@ -2,9 +2,11 @@
 
 DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy") clips each example's gradient to L2 norm
 ``max_grad_norm``, adds Gaussian noise of ``noise_multiplier * max_grad_norm`` to the sum and draws batches by
-Poisson sampling. Opacus 1.6 (``PrivacyEngine(accountant="rdp")``) does the clipping, noise, sampling and RDP
-accounting. This module chooses the noise so the target epsilon is met, prepares models Opacus cannot train as
-given, and runs epochs that survive empty Poisson batches.
+Poisson sampling. Opacus 1.6 (``PrivacyEngine(accountant="rdp")``) does the noise, sampling and RDP accounting,
+and the per-sample clipping of any model it supports. Models whose trainable parameters are all in ``nn.Linear``
+are clipped in one backward pass by ``_linear_clipping`` (see there for why). This module chooses the noise so
+the target epsilon is met, prepares models Opacus cannot train as given, and runs epochs that survive empty
+Poisson batches.
 
 The protected unit is one training record at one site, against anyone who sees the site's model updates,
 including the server and other sites.
@@ -21,12 +23,14 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 from opacus.grad_sample import AbstractGradSampleModule
+from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from pydantic import Field, FiniteFloat, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from app_custom.core.privacy._linear_clipping import LinearClipper, LinearClippingDPOptimizer, unsupported_parameters
 from app_custom.core.privacy._repair import repair_model
 from app_custom.core.privacy._training import EpochResult, train_private_epoch
 from app_custom.core.privacy._validation import PrivacyConfigModel, check_delta, check_positive_int
@@ -43,6 +47,7 @@ __all__ = [
     "epsilon_spent",
     "make_private",
     "repair_model",
+    "resolve_grad_sample_mode",
     "train_private_epoch",
     "unwrap",
 ]
@@ -52,11 +57,12 @@ logger = logging.getLogger(__name__)
 # Each retry raises the noise multiplier by 1 %; 100 retries cover a factor of 2.7 above Opacus' result.
 _NUDGE_FACTOR = 1.01
 _MAX_NUDGES = 100
-# Opacus' per-sample gradient implementations this module supports (``PrivacyEngine.make_private``'s
-# ``grad_sample_mode``). "ghost" is left out: it needs Opacus' wrapped loss, and it was the slowest mode on the demo
-# model in benchmarks/privacy.py. "ew" (torch's expanded weights) is the default because it was the fastest there.
-GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
-DEFAULT_GRAD_SAMPLE_MODE = "ew"
+# Per-sample clipping implementations: "fast_linear" is ``_linear_clipping`` (models whose trainable parameters
+# are all in nn.Linear); the others are Opacus' ``grad_sample_mode``. "auto" takes "fast_linear" where it applies
+# and "ew" (torch's expanded weights, Opacus' fastest on the demo model) elsewhere. Opacus' "ghost" is left out:
+# it needs Opacus' wrapped loss and a second backward pass. benchmarks/privacy.py times them all.
+GRAD_SAMPLE_MODES = ("auto", "fast_linear", "ew", "hooks", "functorch")
+DEFAULT_GRAD_SAMPLE_MODE = "auto"
 # A loader whose sample rate differs from the configured one by more than this (relative) is rejected.
 _SAMPLE_RATE_TOLERANCE = 0.01
 
@@ -206,7 +212,9 @@ class PrivateTraining:
 
     Attributes:
         engine: The Opacus privacy engine; its accountant records every step.
-        model: The model wrapped for per-sample gradients; ``unwrap(model)`` gives the plain module.
+        model: The model to train: wrapped for per-sample gradients by Opacus, or the model itself with
+            ``fast_linear``; ``unwrap(model)`` gives the plain module either way.
+        grad_sample_mode: The per-sample clipping in use, never ``"auto"``.
         optimizer: The optimizer that clips, adds noise and calls the accountant.
         data_loader: The Poisson-sampling data loader.
         noise_multiplier: The calibrated noise multiplier.
@@ -216,13 +224,14 @@ class PrivateTraining:
     """
 
     engine: PrivacyEngine
-    model: AbstractGradSampleModule
+    model: nn.Module
     optimizer: DPOptimizer
     data_loader: DataLoader
     noise_multiplier: float
     sample_rate: float
     max_steps: int
     config: DPSGDConfig
+    grad_sample_mode: str = "ew"
 
     @property
     def steps_taken(self) -> int:
@@ -269,7 +278,8 @@ def make_private(
 ) -> PrivateTraining:
     """Wrap a model, optimizer and loader for DP-SGD with noise calibrated to ``config.target_epsilon``.
 
-    Calls ``PrivacyEngine(accountant="rdp").make_private(..., poisson_sampling=True)``. The noise is calibrated
+    Calls ``PrivacyEngine(accountant="rdp").make_private(..., poisson_sampling=True)``, or builds the same Poisson
+    loader, Opacus optimizer and accountant hook around ``_linear_clipping`` for "fast_linear". The noise is calibrated
     for the sample rate Opacus will account with, ``1 / len(data_loader)``, and for
     ``config.epochs * len(data_loader)`` steps.
 
@@ -284,8 +294,9 @@ def make_private(
         config: Validated settings.
         secure_mode: Use Opacus' cryptographically secure noise (needs torchcsprng); slower.
         noise_generator: Seeded generator for reproducible tests; rejected by Opacus in secure mode.
-        grad_sample_mode: How Opacus computes per-sample gradients, one of ``GRAD_SAMPLE_MODES``. The modes give
-            the same clipped gradients and the same privacy guarantee and differ only in speed.
+        grad_sample_mode: How per-sample gradients are clipped, one of ``GRAD_SAMPLE_MODES``; "auto" picks the
+            fastest that applies (``resolve_grad_sample_mode``). The modes give the same clipped gradients and the
+            same privacy guarantee and differ only in speed.
 
     Returns:
         The wrapped objects, the engine and the calibrated settings.
@@ -295,10 +306,7 @@ def make_private(
     """
     if not isinstance(config, DPSGDConfig):
         raise InvalidPrivacySetting(f"invalid config of type {type(config).__name__}: expected a DPSGDConfig")
-    if grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise InvalidPrivacySetting(
-            f"invalid grad_sample_mode={grad_sample_mode!r}: use one of {list(GRAD_SAMPLE_MODES)}"
-        )
+    grad_sample_mode = resolve_grad_sample_mode(model, grad_sample_mode)
     num_examples = len(data_loader.dataset)  # type: ignore[arg-type]
     config.check_num_examples(num_examples)
     model_errors = ModuleValidator.validate(model, strict=False)
@@ -314,18 +322,26 @@ def make_private(
     noise_multiplier = _calibrate(config.target_epsilon, config.target_delta, sample_rate, max_steps)
 
     engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
-    private_model, private_optimizer, private_loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=data_loader,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=config.max_grad_norm,
-        poisson_sampling=True,
-        noise_generator=noise_generator,
-        grad_sample_mode=grad_sample_mode,
-    )
+    private_model: nn.Module
+    private_optimizer: DPOptimizer
+    if grad_sample_mode == "fast_linear":
+        private_model, private_optimizer, private_loader = _make_private_fast_linear(
+            engine, model, optimizer, data_loader, noise_multiplier, config.max_grad_norm, noise_generator
+        )
+    else:
+        private_model, private_optimizer, private_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=data_loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+            grad_sample_mode=grad_sample_mode,
+        )
     logger.info(
-        "DP-SGD ready: noise_multiplier=%.4f sample_rate=%.4g max_steps=%d target_epsilon=%.3g delta=%.1e",
+        "DP-SGD ready: mode=%s noise_multiplier=%.4f sample_rate=%.4g max_steps=%d target_epsilon=%.3g delta=%.1e",
+        grad_sample_mode,
         noise_multiplier,
         sample_rate,
         max_steps,
@@ -341,7 +357,67 @@ def make_private(
         sample_rate=sample_rate,
         max_steps=max_steps,
         config=config,
+        grad_sample_mode=grad_sample_mode,
     )
+
+
+def resolve_grad_sample_mode(model: nn.Module, grad_sample_mode: str) -> str:
+    """Return the per-sample clipping ``make_private`` uses for ``model``: ``grad_sample_mode`` with "auto" resolved.
+
+    "auto" gives "fast_linear" when every trainable parameter of ``model`` is in an ``nn.Linear``, else "ew".
+
+    Raises:
+        InvalidPrivacySetting: ``grad_sample_mode`` is not one of ``GRAD_SAMPLE_MODES``, or is "fast_linear" for a
+            model with a trainable parameter outside ``nn.Linear``.
+    """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise InvalidPrivacySetting(
+            f"invalid grad_sample_mode={grad_sample_mode!r}: use one of {list(GRAD_SAMPLE_MODES)}"
+        )
+    unsupported = unsupported_parameters(unwrap(model))
+    if grad_sample_mode == "auto":
+        return "ew" if unsupported else "fast_linear"
+    if grad_sample_mode == "fast_linear" and unsupported:
+        raise InvalidPrivacySetting(
+            f"invalid grad_sample_mode='fast_linear': it needs every trainable parameter in an nn.Linear, but "
+            f"{unsupported[:5]} are not; use grad_sample_mode='auto' or 'ew'"
+        )
+    return grad_sample_mode
+
+
+def _make_private_fast_linear(
+    engine: PrivacyEngine,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: DataLoader,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    noise_generator: torch.Generator | None,
+) -> tuple[nn.Module, DPOptimizer, DataLoader]:
+    # What engine.make_private does for Opacus' ghost mode, with our clipper in place of the second backward:
+    # the same Poisson loader, expected batch size, noise generator and accountant hook.
+    if noise_generator is not None and engine.secure_mode:
+        raise InvalidPrivacySetting("invalid noise_generator: a seeded generator cannot be used with secure_mode")
+    model_parameters = {id(parameter) for parameter in model.parameters()}
+    if any(id(parameter) not in model_parameters for group in optimizer.param_groups for parameter in group["params"]):
+        raise InvalidPrivacySetting(
+            "invalid optimizer: it holds parameters that are not the model's; build it on model.parameters()"
+        )
+    private_loader = DPDataLoader.from_data_loader(data_loader, generator=engine.secure_rng, distributed=False)
+    sample_rate = 1 / len(private_loader)
+    expected_batch_size = int(len(data_loader.dataset) * sample_rate)  # type: ignore[arg-type]
+    private_optimizer = LinearClippingDPOptimizer(
+        optimizer,
+        clipper=LinearClipper(model),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+        generator=engine.secure_rng if engine.secure_mode else noise_generator,
+        secure_mode=engine.secure_mode,
+    )
+    private_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return model, private_optimizer, private_loader
 
 
 def epsilon_spent(engine: PrivacyEngine, delta: float) -> float:

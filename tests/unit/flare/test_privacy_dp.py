@@ -190,7 +190,7 @@ def test_script_dp_flags_fail_closed(argv, fragment):
 def test_script_dp_defaults():
     dp = dp_settings(parsed("--dp-epsilon", "2", "--site-root", "/kit"))
     assert (dp.epsilon, dp.delta, dp.max_grad_norm, dp.site_root) == (2.0, 1e-5, 1.0, Path("/kit"))
-    assert dp.grad_sample_mode == "ew"
+    assert dp.grad_sample_mode == "auto"
 
 
 def test_script_grad_sample_mode_flag():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from app_custom.core.privacy import _training, dp_sgd
-from app_custom.core.privacy._loading import first_item, tensor_data_loader
+from app_custom.core.privacy._loading import BatchedTensorDataset, first_item, tensor_data_loader
 from app_custom.core.privacy.accounting import epsilon_after_steps
 from app_custom.core.privacy.dp_sgd import (
     DPSGDConfig,
@@ -376,7 +376,10 @@ def test_tensor_loader_empty_batches(breast_cancer):
     assert training.epsilon() <= config.target_epsilon
 
 
-def _one_private_step(mode: str, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def _one_private_step(
+    mode: str, features: torch.Tensor, labels: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Return the weights after one DP-SGD step and the clipped gradient sums (before noise) it used."""
     model = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 2))
     torch.nn.init.normal_(model[0].weight, generator=torch.Generator().manual_seed(0))
     config = DPSGDConfig(target_epsilon=3.0, target_delta=1e-5, max_grad_norm=0.1, epochs=1, batch_size=32)
@@ -391,20 +394,38 @@ def _one_private_step(mode: str, features: torch.Tensor, labels: torch.Tensor) -
     training.optimizer.zero_grad()
     nn.functional.cross_entropy(training.model(features[:32]), labels[:32]).backward()
     training.optimizer.step()
-    return {key: value.clone() for key, value in unwrap(training.model).state_dict().items()}
+    plain = unwrap(training.model)
+    weights = {key: value.clone() for key, value in plain.state_dict().items()}
+    clipped_sums = {name: parameter.summed_grad.clone() for name, parameter in plain.named_parameters()}
+    return weights, clipped_sums
 
 
 @pytest.mark.parametrize("mode", ["hooks", "functorch"])
-def test_grad_sample_modes_agree(mode, breast_cancer):
+def test_opacus_grad_sample_modes_agree(mode, breast_cancer):
+    # Opacus draws the same seeded noise in the same order in each of its modes, so one step gives the same weights.
     x_train, y_train, _, _ = breast_cancer
     torch.manual_seed(0)  # the same initial weights in both runs
-    expected = _one_private_step(dp_sgd.DEFAULT_GRAD_SAMPLE_MODE, x_train, y_train)
+    expected, _ = _one_private_step("ew", x_train, y_train)
     torch.manual_seed(0)
-    found = _one_private_step(mode, x_train, y_train)
+    found, _ = _one_private_step(mode, x_train, y_train)
 
     assert set(found) == set(expected)
     for key in expected:
         torch.testing.assert_close(found[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["auto", "fast_linear", "hooks"])
+def test_clipped_sums_agree_across_modes(mode, breast_cancer):
+    # fast_linear draws its noise for the whole model at once, so compare the clipped sums the noise was added to.
+    x_train, y_train, _, _ = breast_cancer
+    torch.manual_seed(0)
+    _, expected = _one_private_step("ew", x_train, y_train)
+    torch.manual_seed(0)
+    _, found = _one_private_step(mode, x_train, y_train)
+
+    assert set(found) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(found[key], expected[key], rtol=1e-4, atol=1e-6)
 
 
 def test_make_private_rejects_grad_sample_mode(breast_cancer):
@@ -418,3 +439,16 @@ def test_make_private_rejects_grad_sample_mode(breast_cancer):
             DPSGDConfig(**VALID),
             grad_sample_mode="ghost",
         )
+
+
+def test_batched_fetch_shuffle_matches():
+    # train_local shuffles with BatchedTensorDataset; a seed must give the batches a TensorDataset loader gives.
+    features, labels = torch.randn(103, 4), torch.rand(103)
+    per_row = DataLoader(TensorDataset(features, labels), batch_size=16, shuffle=True,
+                         generator=torch.Generator().manual_seed(5))
+    batched = DataLoader(BatchedTensorDataset(features, labels), batch_size=16, shuffle=True,
+                         generator=torch.Generator().manual_seed(5), collate_fn=first_item)
+    for _ in range(2):
+        for (x_row, y_row), (x_batch, y_batch) in zip(per_row, batched, strict=True):
+            assert torch.equal(x_row, x_batch)
+            assert torch.equal(y_row, y_batch)
