@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from app_custom.core.metrics import binary_metrics
 from app_custom.core.privacy.accounting import epsilon_after_steps
-from app_custom.core.privacy._loading import tensor_data_loader
+from app_custom.core.privacy._loading import BatchedTensorDataset, first_item, tensor_data_loader
 from app_custom.core.privacy.dp_sgd import (
     DEFAULT_GRAD_SAMPLE_MODE,
     DPSGDConfig,
@@ -67,11 +67,13 @@ def train_local(
     from app_custom.core.fedprox import proximal_term
 
     generator = torch.Generator().manual_seed(config.seed)
+    # The same shuffled batches as a DataLoader over a TensorDataset, each fetched with one tensor index.
     loader = DataLoader(
-        TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)),
+        BatchedTensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)),
         batch_size=config.batch_size,
         shuffle=True,
         generator=generator,
+        collate_fn=first_item,
     )
     loss_fn = loss_fn or nn.BCEWithLogitsLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
