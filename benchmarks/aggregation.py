@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app_custom.core.aggregation import WeightedFedAvg  # noqa: E402
+from app_custom.core.aggregation import WeightedFedAvg
 
 Params = dict[str, np.ndarray]
 Aggregate = Callable[[Iterator[tuple[Params, float]]], object]

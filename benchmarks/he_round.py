@@ -46,8 +46,8 @@ from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 from nvflare.fuel.sec.security_content_service import SecurityContentService
 from nvflare.fuel.utils import fobs
 
-from app_custom.flare.he_aggregator import HE_META_SHAPES, EncryptedRoundAggregator, shapes_of
 from app_custom.core.privacy.he import CKKS_8192, load_context
+from app_custom.flare.he_aggregator import HE_META_SHAPES, EncryptedRoundAggregator, shapes_of
 from app_custom.flare.he_filters import DecryptAggregate, EncryptParams
 from app_custom.models.mlp import TabularMLP
 

@@ -33,8 +33,8 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,17 +43,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app_custom.core.privacy import he  # noqa: E402
-from app_custom.core.privacy._loading import BatchedTensorDataset, first_item, tensor_data_loader  # noqa: E402
-from app_custom.core.privacy.dp_sgd import (  # noqa: E402
+from app_custom.core.privacy import he
+from app_custom.core.privacy._loading import BatchedTensorDataset, first_item, tensor_data_loader
+from app_custom.core.privacy.dp_sgd import (
     DEFAULT_GRAD_SAMPLE_MODE,
     DPSGDConfig,
     PrivateTraining,
     make_private,
     train_private_epoch,
 )
-from app_custom.models.mlp import TabularMLP  # noqa: E402
-from benchmarks import he_round  # noqa: E402
+from app_custom.models.mlp import TabularMLP
+from benchmarks import he_round
 
 _SECTION = "## Privacy"
 _NUM_FEATURES = 9

@@ -365,7 +365,7 @@ def render_waiting_cpu(outcome: dict[str, object]) -> list[str]:
 def write_section(text: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
     """Replace this benchmark's section of ``docs/benchmarks.md`` and keep the others."""
     content = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.DOTALL)
     content = pattern.sub(text.rstrip() + "\n", content) if SECTION in content else content.rstrip() + "\n\n" + text
     doc.write_text(content)
 

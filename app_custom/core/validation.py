@@ -25,7 +25,7 @@ def check_contribution(
     params: Mapping[str, np.ndarray],
     *,
     global_params: Mapping[str, np.ndarray] | None,
-    num_examples: float | int | None,
+    num_examples: float | None,
     max_update_norm: float | None = None,
 ) -> None:
     """Reject a site model that is malformed, non-finite, unweighted or too far from the global model.
@@ -72,7 +72,7 @@ def check_contribution(
             )
 
 
-def check_num_examples(num_examples: float | int | None) -> float:
+def check_num_examples(num_examples: float | None) -> float:
     """Return ``num_examples`` as a float after checking it is a finite number greater than zero.
 
     Raises:

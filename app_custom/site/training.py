@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from app_custom.core.metrics import binary_metrics
-from app_custom.core.privacy.accounting import epsilon_after_steps
 from app_custom.core.privacy._loading import BatchedTensorDataset, first_item, tensor_data_loader
+from app_custom.core.privacy.accounting import epsilon_after_steps
 from app_custom.core.privacy.dp_sgd import (
     DEFAULT_GRAD_SAMPLE_MODE,
     DPSGDConfig,

@@ -22,8 +22,8 @@ from typing import ClassVar, Literal
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
-from opacus.grad_sample import AbstractGradSampleModule
 from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import AbstractGradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from pydantic import Field, FiniteFloat, model_validator
@@ -39,8 +39,8 @@ from app_custom.core.privacy.errors import InvalidPrivacySetting
 
 __all__ = [
     "DEFAULT_GRAD_SAMPLE_MODE",
-    "DPSGDConfig",
     "GRAD_SAMPLE_MODES",
+    "DPSGDConfig",
     "EpochResult",
     "PrivateTraining",
     "calibrate_noise_multiplier",

@@ -32,9 +32,9 @@ from app_custom.core.privacy._validation import PrivacyConfigModel, check_positi
 from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacyInput
 
 __all__ = [
-    "PACKED_KEY",
-    "CKKS_16384",
     "CKKS_8192",
+    "CKKS_16384",
+    "PACKED_KEY",
     "PRESETS",
     "CKKSPreset",
     "HEContext",

@@ -3,7 +3,14 @@ import pandas as pd
 import pytest
 
 from app_custom.data import tabular
-from app_custom.data.tabular import DataError, FEATURES, encode_features, load_flchain, load_site_data, write_site_partitions
+from app_custom.data.tabular import (
+    FEATURES,
+    DataError,
+    encode_features,
+    load_flchain,
+    load_site_data,
+    write_site_partitions,
+)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app_custom.core.round_metrics import clean_metrics as _clean, weighted_site_mean
+from app_custom.core.round_metrics import clean_metrics as _clean
+from app_custom.core.round_metrics import weighted_site_mean
 from app_custom.flare.event_forwarder import EventForwarder, EventSpool, spool_event, spool_for_server
 from app_custom.flare.events import SCHEMA_VERSION, make_envelope
 

@@ -1,6 +1,6 @@
 """Tests for the privacy exception tree and the package's public names."""
 
-import app_custom.core.privacy as privacy
+from app_custom.core import privacy
 from app_custom.core.privacy.errors import (
     BudgetExceeded,
     HEConfigError,

@@ -10,8 +10,8 @@ from app_custom.core.privacy.errors import HEConfigError, InvalidPrivacyInput, I
 from app_custom.core.privacy.he import (
     CKKS_8192,
     CKKS_16384,
-    PRESETS,
     PACKED_KEY,
+    PRESETS,
     CKKSPreset,
     aggregate_encrypted,
     decrypt_params,
