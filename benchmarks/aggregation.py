@@ -50,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app_custom.core.aggregation import WeightedFedAvg
+from benchmarks._markdown import replace_section
 
 Params = dict[str, np.ndarray]
 Aggregate = Callable[[Iterator[tuple[Params, float]]], object]
@@ -283,19 +284,6 @@ def summarize(cases: list[Case], target: float) -> str:
     return " ".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace the Aggregation section of ``path`` (or append it), leaving the other sections as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{_SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(_SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000,10000000", help="comma-separated P, parameters per model")
@@ -387,7 +375,7 @@ def main() -> None:
             "case can differ by 2x or more between runs; the script prints every run, and the load average above "
             "shows how busy the machine was.\n"
         )
-        write_section(args.write, body)
+        replace_section(args.write, _SECTION, body)
         print(f"wrote the Aggregation section of {args.write}")
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import secrets
 import signal
 import socket
@@ -57,6 +56,7 @@ from admin_api.services.audit import SYSTEM_ROLE, append_audit_event, get_chain_
 from admin_api.services.ingest import ingest_events
 from admin_api.services.reports import render_signed_job_report, render_signed_period_report
 from admin_api.services.signing import ReportSigner
+from benchmarks._markdown import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Audit ingest and reports"
@@ -455,14 +455,6 @@ def render_section(results: list[DatabaseResult], args: argparse.Namespace, load
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace this benchmark's section of ``docs/benchmarks.md`` and keep the others."""
-    content = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.DOTALL)
-    content = pattern.sub(text.rstrip() + "\n", content) if SECTION in content else content.rstrip() + "\n\n" + text
-    doc.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated chain sizes to report at")
@@ -492,7 +484,7 @@ def main() -> None:
     section = render_section(results, args, load)
     print(section)
     if not args.no_write:
-        write_section(section)
+        replace_section(ROOT / "docs" / "benchmarks.md", SECTION, section)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from app_custom.core.privacy.dp_sgd import (
 )
 from app_custom.models.mlp import TabularMLP
 from benchmarks import he_round
+from benchmarks._markdown import replace_section
 
 _SECTION = "## Privacy"
 _NUM_FEATURES = 9
@@ -399,19 +400,6 @@ def format_results(
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace the Privacy section of ``path`` (or append it), leaving the other sections as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{_SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(_SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per training mode")
@@ -433,7 +421,7 @@ def main() -> None:
     body = format_results(dp, rounds, crypto, federated, description)
     print(body)
     if args.write:
-        write_section(args.write, body)
+        replace_section(args.write, _SECTION, body)
         print(f"\nwrote {_SECTION!r} to {args.write}")
 
 

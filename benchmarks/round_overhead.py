@@ -41,6 +41,7 @@ import yaml
 from app_custom.data.tabular import load_site_data
 from app_custom.models.mlp import TabularMLP
 from app_custom.site.training import LocalTrainingConfig, evaluate, train_local
+from benchmarks._markdown import replace_section
 from consortia import federation
 from consortia.jobs import prepare_job
 from provisioning.provision import provision
@@ -362,14 +363,6 @@ def render_waiting_cpu(outcome: dict[str, object]) -> list[str]:
     ]
 
 
-def write_section(text: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace this benchmark's section of ``docs/benchmarks.md`` and keep the others."""
-    content = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.DOTALL)
-    content = pattern.sub(text.rstrip() + "\n", content) if SECTION in content else content.rstrip() + "\n\n" + text
-    doc.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="rounds per job (round 0 is excluded from the median)")
@@ -381,7 +374,7 @@ def main() -> None:
     args = parser.parse_args()
     text = render(run(args.rounds, waiting_cpu=args.waiting_cpu))
     print(text)
-    write_section(text)
+    replace_section(ROOT / "docs" / "benchmarks.md", SECTION, text)
 
 
 if __name__ == "__main__":
