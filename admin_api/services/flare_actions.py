@@ -152,6 +152,22 @@ def _record_submitted(session: Session, job_id: str, request: JobSubmitCreate, r
     return job
 
 
+def _append_request_event(
+    session: Session, requester: Requester, action: str, target: str, details: dict[str, Any]
+) -> None:
+    """Append one audit event for a user's request and commit; the caller holds the chain lock."""
+    append_audit_event(
+        session,
+        occurred_at=utc_now(),
+        actor=requester.name,
+        role=requester.role,
+        action=action,
+        target=target,
+        details=details,
+    )
+    session.commit()
+
+
 def submit_job(session: Session, actions: FlareActions | None, request: JobSubmitCreate, requester: Requester) -> Job:
     """Submit a job folder from ``jobs/`` to FLARE for a user, and record the job and the request.
 
@@ -188,20 +204,13 @@ def submit_job(session: Session, actions: FlareActions | None, request: JobSubmi
 
     lock_chain(session)
     job = None if job_id is None else _record_submitted(session, job_id, request, requester)
-    append_audit_event(
+    _append_request_event(
         session,
-        occurred_at=utc_now(),
-        actor=requester.name,
-        role=requester.role,
-        action="job.submit_requested",
-        target=job_target(job_id) if job_id is not None else f"job-definition:{request.job}",
-        details={
-            **details,
-            "outcome": "submitted" if error is None else "failed",
-            "error": str(error) if error else None,
-        },
+        requester,
+        "job.submit_requested",
+        job_target(job_id) if job_id is not None else f"job-definition:{request.job}",
+        {**details, "outcome": "submitted" if error is None else "failed", "error": str(error) if error else None},
     )
-    session.commit()
     if error is not None or job is None:
         logger.warning("submission of %s for %s failed: %s", request.job, requester.name, error)
         raise error or FlareActionError("FLARE returned no job id")
@@ -212,16 +221,13 @@ def submit_job(session: Session, actions: FlareActions | None, request: JobSubmi
 def record_denied_abort(session: Session, job: Job, requester: Requester, reason: str) -> None:
     """Append an ``access.denied`` audit event for an abort the row rules rejected, and commit it."""
     lock_chain(session)
-    append_audit_event(
+    _append_request_event(
         session,
-        occurred_at=utc_now(),
-        actor=requester.name,
-        role=requester.role,
-        action="access.denied",
-        target=job_target(job.job_id),
-        details={"request": "abort", "reason": reason, **requester.as_details()},
+        requester,
+        "access.denied",
+        job_target(job.job_id),
+        {"request": "abort", "reason": reason, **requester.as_details()},
     )
-    session.commit()
 
 
 def abort_job(session: Session, actions: FlareActions | None, job: Job, requester: Requester) -> str:
@@ -251,14 +257,12 @@ def abort_job(session: Session, actions: FlareActions | None, job: Job, requeste
     except FlareActionError as exc:
         error = exc
     lock_chain(session)
-    append_audit_event(
+    _append_request_event(
         session,
-        occurred_at=utc_now(),
-        actor=requester.name,
-        role=requester.role,
-        action="job.abort_requested",
-        target=job_target(job_id),
-        details={
+        requester,
+        "job.abort_requested",
+        job_target(job_id),
+        {
             "status_before": status_before,
             "outcome": "sent" if error is None else "failed",
             "flare_message": message,
@@ -266,7 +270,6 @@ def abort_job(session: Session, actions: FlareActions | None, job: Job, requeste
             **requester.as_details(),
         },
     )
-    session.commit()
     if error is not None:
         raise error
     logger.info("abort of job %s sent for %s", job_id, requester.name, extra={"job_id": job_id})
