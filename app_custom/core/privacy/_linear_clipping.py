@@ -19,9 +19,13 @@ gives each record's full gradient norm ``n_i`` without forming ``G_i``. With Opa
 the result against per-sample gradients that torch computes record by record.
 
 Only this case is handled; anything else is refused (fails closed) rather than clipped wrongly: a trainable
-parameter outside ``nn.Linear``, an input to a layer that is not (batch, features), a layer used twice in one
-forward pass (its per-sample gradient would be a sum of two products), and a second backward pass before a step.
-``make_private`` uses Opacus' ``ew`` mode for other models.
+parameter outside ``nn.Linear``, an ``nn.Linear`` subclass with its own ``forward`` or extra parameters, a
+parameter shared by two layers (tied weights), an input to a layer that is not (batch, features), a layer that
+sees a different number of rows than the model's input has records (for example after a reshape of (B, T * F)
+to (B * T, F), which would clip each of a record's T rows on its own), a layer used twice in one forward pass
+(its per-sample gradient would be a sum of two products), a second backward pass before a step, a backward pass
+with ``create_graph=True``, and trainable parameters that changed after ``make_private``. ``make_private`` uses
+Opacus' ``ew`` mode for other models.
 """
 
 from __future__ import annotations
@@ -41,13 +45,47 @@ __all__ = ["LinearClipper", "LinearClippingDPOptimizer", "unsupported_parameters
 
 
 def unsupported_parameters(model: nn.Module) -> list[str]:
-    """Return the names of ``model``'s trainable parameters that are not the weight or bias of an ``nn.Linear``."""
+    """Return the names of ``model``'s trainable parameters that ``LinearClipper`` cannot clip exactly.
+
+    Those are parameters other than the ``weight`` or ``bias`` of an ``nn.Linear`` that runs ``nn.Linear.forward``,
+    and every second name of a parameter that two modules share (tied weights). The clipper would replace a
+    subclass's own ``forward``, and ``weight_norm``'s ``weight_g`` is not the weight the layer multiplies by.
+    """
     names = []
+    seen: set[int] = set()
     for module_name, module in model.named_modules():
         for name, parameter in module.named_parameters(recurse=False):
-            if parameter.requires_grad and not isinstance(module, nn.Linear):
+            if not parameter.requires_grad:
+                continue
+            if id(parameter) in seen or name not in ("weight", "bias") or not _runs_linear_forward(module):
                 names.append(f"{module_name}.{name}" if module_name else name)
+            seen.add(id(parameter))
     return names
+
+
+def _runs_linear_forward(module: nn.Module) -> bool:
+    if not isinstance(module, nn.Linear) or type(module).forward is not nn.Linear.forward:
+        return False
+    # An instance-level forward is allowed only where an earlier LinearClipper installed it.
+    forward = vars(module).get("forward")
+    return forward is None or (
+        isinstance(forward, partial) and isinstance(getattr(forward.func, "__self__", None), LinearClipper)
+    )
+
+
+def _leading_size(value: Any) -> int | None:
+    """Return the first dimension of the first tensor in ``value``, searching tuples, lists and dicts in order."""
+    if isinstance(value, torch.Tensor):
+        return value.shape[0] if value.dim() > 0 else None
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, (tuple, list)):
+        return None
+    for item in value:
+        size = _leading_size(item)
+        if size is not None:
+            return size
+    return None
 
 
 class _CapturingLinear(torch.autograd.Function):
@@ -68,6 +106,13 @@ class _CapturingLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:  # type: ignore[override]
+        if torch.is_grad_enabled():
+            # With create_graph=True, a later backward through grad_output @ weight would reach the weight
+            # without passing the clipper.
+            raise InvalidPrivacySetting(
+                f"grad_sample_mode='fast_linear' cannot clip a backward pass with create_graph=True through "
+                f"{ctx.layer}; use grad_sample_mode='ew'"
+            )
         activation, weight = ctx.saved_tensors
         ctx.clipper._store(ctx.layer, activation, grad_output)
         grad_input = grad_output @ weight if ctx.needs_input_grad[0] else None
@@ -79,13 +124,15 @@ class LinearClipper:
 
     While attached, each trainable ``nn.Linear`` of the model runs through ``_CapturingLinear``: its output is the
     same, and backward leaves the layer's ``.grad`` untouched, because the optimizer takes the clipped sums from
-    here. ``remove()`` gives the layers their own ``forward`` back.
+    here. A forward pre-hook on ``model`` records how many records each call gets (the first dimension of its
+    first tensor argument, as Opacus' ``ew`` mode takes it). A layer that gets another number of rows while
+    gradients are enabled raises ``InvalidPrivacySetting``. ``remove()`` gives the layers their own ``forward`` back.
 
     Args:
         model: The model; every trainable parameter must belong to an ``nn.Linear``.
 
     Raises:
-        InvalidPrivacySetting: ``model`` has a trainable parameter outside ``nn.Linear``, or none at all.
+        InvalidPrivacySetting: ``model`` has a trainable parameter ``unsupported_parameters`` lists, or none at all.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -102,14 +149,20 @@ class LinearClipper:
         ]
         if not self.layers:
             raise InvalidPrivacySetting("grad_sample_mode='fast_linear' found no trainable nn.Linear in the model")
+        # The trainable parameters of each layer, checked before each clipping: a parameter frozen, unfrozen or
+        # replaced since then would be clipped with the wrong norm or stepped without clipping.
+        self._trainable = {layer: _layer_state(layer) for layer in self.layers}
         self._inputs: dict[nn.Linear, torch.Tensor] = {}
         self._output_grads: dict[nn.Linear, torch.Tensor] = {}
+        self._batch_size: int | None = None
+        self._batch_hook = model.register_forward_pre_hook(self._record_batch_size, with_kwargs=True)
         for layer in self.layers:
             # An instance attribute shadows nn.Linear.forward; nn.Module.__call__ and its hooks still run.
             layer.forward = partial(self._forward, layer)  # type: ignore[method-assign]
 
     def remove(self) -> None:
         """Give the layers their own ``forward`` back and drop any captured batch."""
+        self._batch_hook.remove()
         for layer in self.layers:
             if "forward" in vars(layer):
                 del layer.forward
@@ -120,12 +173,24 @@ class LinearClipper:
         self._inputs.clear()
         self._output_grads.clear()
 
+    def _record_batch_size(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if torch.is_grad_enabled():
+            self._batch_size = _leading_size((args, kwargs))
+
     def _forward(self, layer: nn.Linear, activation: torch.Tensor) -> torch.Tensor:
-        if activation.dim() != 2 and torch.is_grad_enabled():
-            raise InvalidPrivacySetting(
-                f"grad_sample_mode='fast_linear' needs 2-D (batch, features) inputs to each nn.Linear, but "
-                f"{layer} got shape {tuple(activation.shape)}; use grad_sample_mode='ew'"
-            )
+        if torch.is_grad_enabled():
+            if activation.dim() != 2:
+                raise InvalidPrivacySetting(
+                    f"grad_sample_mode='fast_linear' needs 2-D (batch, features) inputs to each nn.Linear, but "
+                    f"{layer} got shape {tuple(activation.shape)}; use grad_sample_mode='ew'"
+                )
+            if activation.shape[0] != self._batch_size:
+                raise InvalidPrivacySetting(
+                    f"grad_sample_mode='fast_linear' needs one row per record in each nn.Linear, but {layer} got "
+                    f"{activation.shape[0]} rows and the model's input has {self._batch_size} records (None: the "
+                    "model was not called with a tensor). Call the model itself, without reshaping records into "
+                    "several rows; use grad_sample_mode='ew' otherwise"
+                )
         return _CapturingLinear.apply(activation, layer.weight, layer.bias, self, layer)  # type: ignore[no-any-return]
 
     def _store(self, layer: nn.Linear, activation: torch.Tensor, grad_output: torch.Tensor) -> None:
@@ -158,6 +223,12 @@ class LinearClipper:
                 "grad_sample_mode='fast_linear' has no batch to clip: run the model's forward and backward pass "
                 "before optimizer.step()"
             )
+        for layer, state in self._trainable.items():
+            if _layer_state(layer) != state:
+                raise InvalidPrivacySetting(
+                    f"grad_sample_mode='fast_linear' found the trainable parameters of {layer} changed since "
+                    "make_private (frozen, unfrozen or replaced); call make_private again after changing them"
+                )
         missing = [layer for layer in self.layers if layer not in self._output_grads]
         if missing:
             raise InvalidPrivacySetting(
@@ -168,7 +239,8 @@ class LinearClipper:
         # With G_i = s g_i a_i^T (s = B for a mean loss), |G_i| = s * sqrt(squared_norms[i]); s is applied once
         # to the clip factor instead of to every layer's g.
         scale = float(batch_size) if batch_scale == "mean" else 1.0
-        squared_norms = torch.zeros(batch_size, dtype=self._output_grads[self.layers[0]].dtype)
+        first_grad = self._output_grads[self.layers[0]]
+        squared_norms = torch.zeros(batch_size, dtype=first_grad.dtype, device=first_grad.device)
         for layer in self.layers:
             grad, activation = self._output_grads[layer], self._inputs[layer]
             if grad.shape[0] != batch_size or activation.shape[0] != batch_size:
@@ -211,9 +283,14 @@ class LinearClippingDPOptimizer(DPOptimizerFastGradientClipping):
     zeroes it rather than setting ``p.grad`` to None. An empty Poisson batch is stepped with
     ``step_empty_batch()``, which releases noise only.
 
+    Each step first checks that the optimizer would update only those parameters: a parameter frozen, unfrozen
+    or added to it since (``add_param_group``), or any other parameter with a ``.grad``, would be stepped with a
+    stale or unclipped gradient. Opacus' ``signal_skip_step`` (``BatchMemoryManager``) is refused, because each
+    step clips one batch and does not accumulate.
+
     Raises:
         InvalidPrivacySetting: The optimizer's parameters are not exactly the trainable parameters of the clipper's
-            layers, or they differ in dtype or device.
+            layers, or they differ in dtype or device; at a step, also when they changed since.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, clipper: LinearClipper, **kwargs: Any) -> None:
@@ -234,6 +311,7 @@ class LinearClippingDPOptimizer(DPOptimizerFastGradientClipping):
         self._clipper = clipper
         self._empty_batch = False
         self._params = params
+        self._param_ids = {id(parameter) for parameter in params}
         size = sum(parameter.numel() for parameter in params)
         self._summed = torch.zeros(size, dtype=params[0].dtype, device=params[0].device)
         self._grad = torch.zeros_like(self._summed)
@@ -251,12 +329,34 @@ class LinearClippingDPOptimizer(DPOptimizerFastGradientClipping):
         self._clipper.reset()
         self._grad.zero_()
 
+    def signal_skip_step(self, do_skip: bool = True) -> None:
+        """Reject a skipped step, because each step clips and releases one batch and nothing accumulates."""
+        if do_skip:
+            raise InvalidPrivacySetting(
+                "grad_sample_mode='fast_linear' cannot skip steps to accumulate physical batches "
+                "(signal_skip_step, BatchMemoryManager); use grad_sample_mode='ew'"
+            )
+        super().signal_skip_step(do_skip)
+
     def accumulate(self) -> None:
         """Write the clipped gradient sum of the batch (zero for an empty batch) into the flat buffer."""
+        self._check_parameters()
         if self._empty_batch:
             self._summed.zero_()
         else:
             self._clipper.clipped_sums(self.max_grad_norm, self.loss_reduction, out=self._summed_views)
+
+    def _check_parameters(self) -> None:
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                ours = id(parameter) in self._param_ids
+                if ours != parameter.requires_grad or (not ours and parameter.grad is not None):
+                    raise InvalidPrivacySetting(
+                        f"grad_sample_mode='fast_linear' would step a parameter of shape {tuple(parameter.shape)} "
+                        "that it does not clip: the optimizer's trainable parameters changed since make_private "
+                        "(frozen, unfrozen or added with add_param_group), or a parameter it does not clip has a "
+                        ".grad. Call make_private again after changing them"
+                    )
 
     def add_noise(self) -> None:
         """Set the gradients to the clipped sums plus Gaussian noise, drawn by Opacus for the whole model at once."""
@@ -291,6 +391,12 @@ def _views(flat: torch.Tensor, params: Iterable[nn.Parameter]) -> list[torch.Ten
         views.append(flat[offset : offset + parameter.numel()].view_as(parameter))
         offset += parameter.numel()
     return views
+
+
+def _layer_state(layer: nn.Linear) -> tuple[int, bool, int, bool]:
+    """Return the ids of a layer's weight and bias, each with whether it is trainable."""
+    bias = layer.bias
+    return id(layer.weight), layer.weight.requires_grad, id(bias), bias is not None and bias.requires_grad
 
 
 def _trainable(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
