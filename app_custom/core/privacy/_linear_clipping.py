@@ -395,8 +395,14 @@ def _views(flat: torch.Tensor, params: Iterable[nn.Parameter]) -> list[torch.Ten
 
 def _layer_state(layer: nn.Linear) -> tuple[int, bool, int, bool]:
     """Return the ids of a layer's weight and bias, each with whether it is trainable."""
-    bias = layer.bias
-    return id(layer.weight), layer.weight.requires_grad, id(bias), bias is not None and bias.requires_grad
+    parameters = layer._parameters  # one dict lookup instead of two nn.Module.__getattr__ calls per step
+    weight, bias = parameters["weight"], parameters.get("bias")
+    return (
+        id(weight),
+        weight is not None and weight.requires_grad,
+        id(bias),
+        bias is not None and bias.requires_grad,
+    )
 
 
 def _trainable(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
