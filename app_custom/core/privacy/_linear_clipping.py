@@ -236,12 +236,11 @@ class LinearClipper:
                 "part in the loss"
             )
         batch_size = next(iter(self._inputs.values())).shape[0]
-        # With G_i = s g_i a_i^T (s = B for a mean loss), |G_i| = s * sqrt(squared_norms[i]); s is applied once
-        # to the clip factor instead of to every layer's g.
-        scale = float(batch_size) if batch_scale == "mean" else 1.0
+        # The states checked above are the ones recorded at make_private, so the recorded flags hold.
+        plan = [(layer, state[1], state[3]) for layer, state in self._trainable.items()]
         first_grad = self._output_grads[self.layers[0]]
         squared_norms = torch.zeros(batch_size, dtype=first_grad.dtype, device=first_grad.device)
-        for layer in self.layers:
+        for layer, weight_trainable, bias_trainable in plan:
             grad, activation = self._output_grads[layer], self._inputs[layer]
             if grad.shape[0] != batch_size or activation.shape[0] != batch_size:
                 raise InvalidPrivacySetting(
@@ -249,25 +248,28 @@ class LinearClipper:
                     f"has {batch_size} rows; every layer must see one row per record"
                 )
             grad_squared = torch.linalg.vecdot(grad, grad)
-            if not layer.weight.requires_grad:
-                squared_norms += grad_squared  # the bias alone is trainable
-                continue
-            activation_squared = torch.linalg.vecdot(activation, activation).to(grad.dtype)
-            if layer.bias is not None and layer.bias.requires_grad:
-                activation_squared += 1.0
-            squared_norms.addcmul_(grad_squared, activation_squared)
-        # Opacus' clip factor min(1, C / (|G_i| + 1e-6)), times s so that it also scales g to G.
-        clip_factors = squared_norms.sqrt_().mul_(scale).add_(1e-6).reciprocal_().mul_(max_grad_norm)
-        clip_factors = clip_factors.clamp_(max=1.0).mul_(scale).unsqueeze(1)
+            if weight_trainable:
+                activation_squared = torch.linalg.vecdot(activation, activation).to(grad.dtype)
+                squared_norms.addcmul_(grad_squared, activation_squared)
+            if bias_trainable:
+                squared_norms += grad_squared
+        # With G_i = s g_i a_i^T (s = B for a mean loss), |G_i| = s * sqrt(squared_norms[i]). Opacus' clip factor
+        # is c_i = min(1, C / (|G_i| + 1e-6)); the factor applied to g_i is s * c_i, which is
+        # min(s, C / (sqrt(squared_norms[i]) + 1e-6 / s)): four operations on the batch.
+        scale = float(batch_size) if batch_scale == "mean" and batch_size else 1.0  # an empty batch has no rows
+        clip_factors = torch.div(max_grad_norm, squared_norms.sqrt_().add_(1e-6 / scale))
+        clip_factors = clip_factors.clamp_(max=scale).unsqueeze(1)
         sums: dict[nn.Parameter, torch.Tensor] = {}
-        for layer in self.layers:
+        for layer, weight_trainable, bias_trainable in plan:
             clipped = self._output_grads[layer] * clip_factors
-            if layer.weight.requires_grad:
-                target = None if out is None else out[layer.weight]
-                sums[layer.weight] = torch.mm(clipped.T, self._inputs[layer].to(clipped.dtype), out=target)
-            if layer.bias is not None and layer.bias.requires_grad:
-                target = None if out is None else out[layer.bias]
-                sums[layer.bias] = torch.sum(clipped, dim=0, out=target)
+            if weight_trainable:
+                weight = layer._parameters["weight"]
+                target = None if out is None else out[weight]
+                sums[weight] = torch.mm(clipped.T, self._inputs[layer].to(clipped.dtype), out=target)
+            if bias_trainable:
+                bias = layer._parameters["bias"]
+                target = None if out is None else out[bias]
+                sums[bias] = torch.sum(clipped, dim=0, out=target)
         self.reset()
         return sums
 
