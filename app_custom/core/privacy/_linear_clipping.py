@@ -2,9 +2,9 @@
 
 Why this is written here: Opacus computes per-sample clipping in three ways. ``hooks``, ``ew`` and ``functorch``
 build every record's full gradient and then clip it; ``ghost`` skips that but needs a second backward pass. On the
-demo model (4,865 parameters, batch 64) each of them made a DP-SGD step about 4 to 8 times as slow as a plain
+demo model (4,865 parameters, batch 64) each of them made a DP-SGD step about 3.5 to 8 times as slow as a plain
 step (``benchmarks/privacy.py``, ``docs/benchmarks.md``), against a goal of at most 2; this module's step is
-about 1.7 times. The single-pass method below (ghost norms with book-keeping,
+1.6 to 1.9 times. The single-pass method below (ghost norms with book-keeping,
 Bu, Wang, Zha and Karypis, "Differentially Private Optimization on Large Model at Small Cost", ICML 2023) is not in
 Opacus 1.6. Everything else stays Opacus': Poisson sampling, the noise, the scaling by the expected batch size and
 the RDP accountant (``DPOptimizerFastGradientClipping``, the optimizer of Opacus' own ghost mode).
