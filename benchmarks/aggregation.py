@@ -226,8 +226,8 @@ def machine_description(flower_status: str) -> str:
 def format_table(cases: list[Case]) -> str:
     limit = {(case.sites, case.size): case.seconds for case in cases if case.name == "numpy add"}
     lines = [
-        "| P | N | implementation | time (s) | fraction of bandwidth limit | GB/s moved | peak memory (MiB) "
-        "| max abs error vs float64 |",
+        ("| P | N | implementation | time (s) | fraction of bandwidth limit | GB/s moved | peak memory (MiB) "
+        "| max abs error vs float64 |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
@@ -256,9 +256,9 @@ def summarize(cases: list[Case], target: float) -> str:
     met = [case for case, fraction in zip(ours, fractions) if fraction >= target]
     missed = [f"P = {case.size:,}, N = {case.sites}" for case in ours if case not in met]
     lines = [
-        f"consortia (one thread) reached {min(fractions):.2f} to {max(fractions):.2f} of the bandwidth limit "
+        (f"consortia (one thread) reached {min(fractions):.2f} to {max(fractions):.2f} of the bandwidth limit "
         f"(median {float(np.median(fractions)):.2f}); {len(met)} of {len(fractions)} cases met the target of "
-        f"{target}{' (missed: ' + '; '.join(missed) + ')' if missed else ''}."
+        f"{target}{' (missed: ' + '; '.join(missed) + ')' if missed else ''}.")
     ]
     two = {(case.sites, case.size): case.seconds for case in cases if case.name == "consortia (2 threads)"}
     ratios = [two[(case.sites, case.size)] / case.seconds for case in ours if two.get((case.sites, case.size))]

@@ -278,18 +278,18 @@ def _dp_lines(dp: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {value:.2f} | {value / batched:.2f} | {value / per_row:.2f} |")
     lines += [
         "",
-        f"Expected batch {_BATCH_SIZE} (Poisson) for DP-SGD, batch {_BATCH_SIZE} for plain SGD; every variant ran one "
+        (f"Expected batch {_BATCH_SIZE} (Poisson) for DP-SGD, batch {_BATCH_SIZE} for plain SGD; every variant ran one "
         "epoch in turn per timed pass, so load changes hit all of them. \"batched fetch\" draws the same batches "
         "(Opacus' Poisson sampler for DP-SGD, a shuffle for plain SGD) and fetches the drawn rows with one tensor "
         "index instead of one `__getitem__` per row. The DP-SGD step includes sampling, per-sample gradients, "
         "clipping, noise and the accountant update. `fast_linear` is our one-pass clipping for models whose "
         "trainable parameters are all in `nn.Linear` (ghost norms with book-keeping, "
         "`app_custom/core/privacy/_linear_clipping.py`); the Opacus rows use `PrivacyEngine.make_private` with that "
-        "`grad_sample_mode`. Opacus' ghost clipping is not offered by `make_private`.",
+        "`grad_sample_mode`. Opacus' ghost clipping is not offered by `make_private`."),
         "",
-        f"`make_private` with noise calibration took {dp['make_private']:.2f} s once per job "
+        (f"`make_private` with noise calibration took {dp['make_private']:.2f} s once per job "
         f"(noise_multiplier {dp['noise_multiplier']:.3f} for epsilon 3 at delta 1e-5 over {dp['steps']:.0f} steps; "
-        f"epsilon reached {dp['epsilon']:.3f}).",
+        f"epsilon reached {dp['epsilon']:.3f})."),
     ]
     return lines
 
@@ -298,14 +298,14 @@ def _crypto_lines(crypto: dict[str, dict[str, float]]) -> list[str]:
     lines = [
         "### CKKS crypto path per round: ours against FLARE's stock `nvflare.app_opt.he`",
         "",
-        "3 sites, demo model, FLARE's HEBuilder context (N=8192, moduli [60, 40, 40], scale 2^40, symmetric, relin "
+        ("3 sites, demo model, FLARE's HEBuilder context (N=8192, moduli [60, 40, 40], scale 2^40, symmetric, relin "
         "keys). Ours: `EncryptParams` (packed), `EncryptedRoundAggregator`, `DecryptAggregate`. Stock: "
         "`HEModelEncryptor`, `HEInTimeAccumulateWeightedAggregator`, `HEModelDecryptor` with FLContexts from "
         "`FLContextManager`. Times include FLARE's FOBS serialization of each message; sizes are the serialized "
-        "messages. Command: `.venv/bin/python -m benchmarks.he_round` (also run by this script).",
+        "messages. Command: `.venv/bin/python -m benchmarks.he_round` (also run by this script)."),
         "",
-        "| components | encrypt per site (ms) | aggregate 3 (ms) | decrypt (ms) | crypto per round (ms) "
-        "| upload per site (KiB) | download (KiB) | max abs error of the mean |",
+        ("| components | encrypt per site (ms) | aggregate 3 (ms) | decrypt (ms) | crypto per round (ms) "
+        "| upload per site (KiB) | download (KiB) | max abs error of the mean |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in crypto.items():
@@ -317,8 +317,8 @@ def _crypto_lines(crypto: dict[str, dict[str, float]]) -> list[str]:
         )
     lines += [
         "",
-        "FLARE's CKKS decomposer serializes each vector together with its context (keys included), and the stock "
-        "encryptor starts one vector per layer, which explains most of the size and time difference.",
+        ("FLARE's CKKS decomposer serializes each vector together with its context (keys included), and the stock "
+        "encryptor starts one vector per layer, which explains most of the size and time difference."),
     ]
     return lines
 
@@ -330,11 +330,11 @@ def _federated_lines(federated: dict[str, Any]) -> list[str]:
     lines = [
         "### Federated round: HE job against plaintext FedAvg",
         "",
-        f"{federated['sites']} sites on 127.0.0.1, one federation provisioned with the HE builder, each job run twice "
+        (f"{federated['sites']} sites on 127.0.0.1, one federation provisioned with the HE builder, each job run twice "
         f"with {federated['rounds']} rounds, in the order plaintext, HE, HE, plaintext, with the job configs as "
         "committed (same site script and model `TabularMLP(hidden=(32, 16))`). Round wall time is the gap between "
         "round starts in the server's job log. The first round of a run includes job start-up, so the median pools "
-        "the later rounds of both runs.",
+        "the later rounds of both runs."),
         "",
         "| job | round wall times, run 1; run 2 (s) | median after round 0 (s) | ratio to plaintext |",
         "|---|---|---|---|",
@@ -357,13 +357,13 @@ def format_results(
     today = datetime.date.today().isoformat()
     load_end = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     lines = [
-        f"Measured by `benchmarks/privacy.py` on {today}. Machine: {description}; load average at the end "
+        (f"Measured by `benchmarks/privacy.py` on {today}. Machine: {description}; load average at the end "
         f"{load_end}. Other processes shared these CPUs, and ratios of the same case differed by up to 2x between "
-        "runs an hour apart, so compare cases within one run.",
+        "runs an hour apart, so compare cases within one run."),
         "",
-        f"Model: `TabularMLP(num_features={_NUM_FEATURES}, hidden=(64, 64))`, {rounds['ckks_8192']['params']:,.0f} "
+        (f"Model: `TabularMLP(num_features={_NUM_FEATURES}, hidden=(64, 64))`, {rounds['ckks_8192']['params']:,.0f} "
         f"float32 params in 6 tensors; one site has {_NUM_ROWS:,} rows (random values). Times are medians. "
-        "Command: `.venv/bin/python benchmarks/privacy.py --write docs/benchmarks.md`.",
+        "Command: `.venv/bin/python benchmarks/privacy.py --write docs/benchmarks.md`."),
         "",
         *_dp_lines(dp),
         "",
@@ -375,12 +375,12 @@ def format_results(
     lines += [
         "### CKKS presets, core functions only",
         "",
-        "`he.encrypt_params` at 3 sites (packed), `he.aggregate_encrypted`, `he.decrypt_params` at a site, without "
-        "FLARE messages, against the plaintext weighted FedAvg in numpy.",
+        ("`he.encrypt_params` at 3 sites (packed), `he.aggregate_encrypted`, `he.decrypt_params` at a site, without "
+        "FLARE messages, against the plaintext weighted FedAvg in numpy."),
         "",
-        "| preset | encrypt per site (ms) | aggregate 3 (ms) | decrypt (ms) | crypto per round (ms) "
+        ("| preset | encrypt per site (ms) | aggregate 3 (ms) | decrypt (ms) | crypto per round (ms) "
         "| plaintext FedAvg (ms) | ciphertexts per site | upload per site (KiB) | float32 (KiB) "
-        "| max abs error of the mean |",
+        "| max abs error of the mean |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rounds.items():
@@ -392,10 +392,10 @@ def format_results(
     first = rounds["ckks_8192"]
     lines += [
         "",
-        "Sites encrypt in parallel, so three encryptions add no wall time. Context generation is one-off per "
+        ("Sites encrypt in parallel, so three encryptions add no wall time. Context generation is one-off per "
         f"consortium ({first['context'] * 1e3:.0f} ms for ckks_8192). The public context the server holds is "
         f"{first['public_context_bytes'] / 1024:,.0f} KiB, the secret context for sites "
-        f"{first['secret_context_bytes'] / 1024:,.0f} KiB.",
+        f"{first['secret_context_bytes'] / 1024:,.0f} KiB."),
     ]
     return "\n".join(lines)
 

@@ -74,15 +74,15 @@ def render_document(sections: list[Section], *, seeds: tuple[int, ...], total_se
         "",
         _INTRO,
         "",
-        f"Command: `{COMMAND}` (each experiment alone: `.venv/bin/python -m experiments.imbalance`, "
+        (f"Command: `{COMMAND}` (each experiment alone: `.venv/bin/python -m experiments.imbalance`, "
         "`experiments.communication`, `experiments.baselines`; `--seeds N`, `--rounds N`). "
         f"Run on {today}; machine: {machine_description()}, shared with other work "
         f"(load average at the end {_load_average()}). Seeds {list(seeds)}. Total wall time {total_seconds / 60:.1f} "
-        "min.",
+        "min."),
     ]
     for section in sections:
-        lines += ["", f"## {section.title}", "", f"Wall time {section.wall_seconds / 60:.1f} min. "
-                  f"Command: `.venv/bin/python -m experiments.{section.key}`.", "",
+        lines += ["", f"## {section.title}", "", (f"Wall time {section.wall_seconds / 60:.1f} min. "
+                  f"Command: `.venv/bin/python -m experiments.{section.key}`."), "",
                   claims[section.key], "", section.markdown]
     return "\n".join(lines) + "\n"
 
