@@ -31,6 +31,7 @@ from admin_api.services.metrics import record_chain_check
 
 __all__ = [
     "SYSTEM_ROLE",
+    "ChainWriter",
     "append_audit_event",
     "get_chain_head",
     "iter_audit_records",
@@ -103,6 +104,117 @@ def _normalize_details(details: Mapping[str, Any]) -> dict[str, Any]:
         raise AuditChainError(f"audit event details are not storable JSON: {exc}") from exc
 
 
+def _checked_details(
+    *,
+    occurred_at: datetime,
+    actor: str,
+    role: str | None,
+    action: str,
+    target: str,
+    details: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Check an audit event's fields and return its details as they will be stored.
+
+    Raises:
+        AuditChainError: A field is missing, too long or not storable.
+    """
+    for name, value in (("actor", actor), ("action", action), ("target", target)):
+        _check_field(name, value)
+    _check_field("role", role, required=False)
+    if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+        raise AuditChainError(f"audit event occurred_at {occurred_at.isoformat()} has no timezone; pass UTC")
+    return _normalize_details(details)
+
+
+class ChainWriter:
+    """Appends audit events within one transaction, reading the chain head only once.
+
+    Creating a writer takes the chain lock (see ``lock_chain``) and reads the head. Each ``append`` then hashes over
+    the event appended just before it and adds the new event to the session without flushing, so the next flush or
+    the commit inserts the pending events together. While a writer is in use, append to the chain of its transaction
+    only through it, because it does not read the head again.
+
+    Args:
+        session: A write session; see ``lock_chain``.
+
+    Raises:
+        AuditChainError: On SQLite, the session was not opened with ``Database.write_session()``.
+    """
+
+    def __init__(self, session: Session) -> None:
+        lock_chain(session)
+        head = get_chain_head(session)
+        self._session = session
+        self._seq, self._hash = (0, GENESIS_HASH) if head is None else head
+
+    @property
+    def next_seq(self) -> int:
+        """The seq that the next appended event gets."""
+        return self._seq + 1
+
+    def append(
+        self,
+        *,
+        occurred_at: datetime,
+        actor: str,
+        role: str | None,
+        action: str,
+        target: str,
+        details: Mapping[str, Any],
+    ) -> AuditEvent:
+        """Add one audit event to the chain without flushing it. The arguments are those of ``append_audit_event``.
+
+        Returns:
+            The new audit event, with ``seq`` and ``hash`` set.
+
+        Raises:
+            AuditChainError: A field is missing, too long or not storable. The chain is unchanged.
+        """
+        stored_details = _checked_details(
+            occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=details
+        )
+        return self._add(
+            occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=stored_details
+        )
+
+    def _add(
+        self,
+        *,
+        occurred_at: datetime,
+        actor: str,
+        role: str | None,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+    ) -> AuditEvent:
+        seq = self._seq + 1
+        prev_hash = self._hash
+        digest = compute_hash(
+            seq=seq,
+            occurred_at=occurred_at,
+            actor=actor,
+            role=role,
+            action=action,
+            target=target,
+            details=details,
+            prev_hash=prev_hash,
+        )
+        event = AuditEvent(
+            seq=seq,
+            occurred_at=occurred_at,
+            actor=actor,
+            role=role,
+            action=action,
+            target=target,
+            details=details,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+        self._session.add(event)
+        self._seq, self._hash = seq, digest
+        return event
+
+
 def append_audit_event(
     session: Session,
     *,
@@ -114,6 +226,8 @@ def append_audit_event(
     details: Mapping[str, Any],
 ) -> AuditEvent:
     """Append one audit event to the chain inside the caller's transaction; the caller commits.
+
+    To append many events in one transaction, a ``ChainWriter`` takes the lock and reads the head only once.
 
     Args:
         session: A write session; see ``lock_chain``.
@@ -130,39 +244,12 @@ def append_audit_event(
     Raises:
         AuditChainError: A field is missing, too long or not storable.
     """
-    for name, value in (("actor", actor), ("action", action), ("target", target)):
-        _check_field(name, value)
-    _check_field("role", role, required=False)
-    if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
-        raise AuditChainError(f"audit event occurred_at {occurred_at.isoformat()} has no timezone; pass UTC")
-    stored_details = _normalize_details(details)
-
-    lock_chain(session)
-    head = get_chain_head(session)
-    seq = 1 if head is None else head[0] + 1
-    prev_hash = GENESIS_HASH if head is None else head[1]
-    digest = compute_hash(
-        seq=seq,
-        occurred_at=occurred_at,
-        actor=actor,
-        role=role,
-        action=action,
-        target=target,
-        details=stored_details,
-        prev_hash=prev_hash,
+    stored_details = _checked_details(
+        occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=details
     )
-    event = AuditEvent(
-        seq=seq,
-        occurred_at=occurred_at,
-        actor=actor,
-        role=role,
-        action=action,
-        target=target,
-        details=stored_details,
-        prev_hash=prev_hash,
-        hash=digest,
+    event = ChainWriter(session)._add(
+        occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=stored_details
     )
-    session.add(event)
     session.flush()
     return event
 
