@@ -34,14 +34,14 @@ from admin_api.services.certificates import (
     revoke_certificate,
     revoke_site_certificates,
 )
-from admin_api.services.jobs import merge_job_sites, utc_now
+from admin_api.services.jobs import IngestRows, merge_job_sites, utc_now
 from admin_api.services.privacy import record_privacy_spend
 from admin_api.services.rounds import record_contribution, record_round_metrics
 from admin_api.services.sites import set_site_status, touch_site
 
 __all__ = ["HANDLERS", "Handler", "implied_status"]
 
-Handler = Callable[[Session, Any, Job | None], dict[str, Any]]
+Handler = Callable[[Session, Any, Job | None, IngestRows | None], dict[str, Any]]
 
 _IMPLIED_STATUS = {
     "job.submitted": JobStatus.SUBMITTED,
@@ -81,13 +81,15 @@ def _require(job: Job | None) -> Job:
     return job
 
 
-def _add_sites(session: Session, job: Job, sites: list[str], event: EventBase) -> list[str]:
+def _add_sites(session: Session, job: Job, sites: list[str], event: EventBase, rows: IngestRows | None) -> list[str]:
     for site in sites:
-        touch_site(session, site, at=event.occurred_at)
+        touch_site(session, site, at=event.occurred_at, rows=rows)
     return merge_job_sites(job, sites)
 
 
-def _on_job_submitted(session: Session, event: JobSubmittedEvent, job: Job | None) -> dict[str, Any]:
+def _on_job_submitted(
+    session: Session, event: JobSubmittedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     payload = event.payload
     job.name = payload.name
@@ -100,7 +102,9 @@ def _on_job_submitted(session: Session, event: JobSubmittedEvent, job: Job | Non
     return {}
 
 
-def _on_job_started(session: Session, event: JobStartedEvent, job: Job | None) -> dict[str, Any]:
+def _on_job_started(
+    session: Session, event: JobStartedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     payload = event.payload
     # Fill only: a job.submitted event from the Consortia API names the real requester, while FLARE's meta names
@@ -114,16 +118,20 @@ def _on_job_started(session: Session, event: JobStartedEvent, job: Job | None) -
     # A round event delivered before job.started may have set started_at to a later time.
     if job.started_at is None or event.occurred_at < job.started_at:
         job.started_at = event.occurred_at
-    return {"sites_added": _add_sites(session, job, payload.sites, event)}
+    return {"sites_added": _add_sites(session, job, payload.sites, event, rows)}
 
 
-def _on_round_started(session: Session, event: RoundStartedEvent, job: Job | None) -> dict[str, Any]:
+def _on_round_started(
+    session: Session, event: RoundStartedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     job.num_rounds = event.payload.num_rounds
-    return {"sites_added": _add_sites(session, job, event.payload.sites, event)}
+    return {"sites_added": _add_sites(session, job, event.payload.sites, event, rows)}
 
 
-def _on_contribution_accepted(session: Session, event: ContributionAcceptedEvent, job: Job | None) -> dict[str, Any]:
+def _on_contribution_accepted(
+    session: Session, event: ContributionAcceptedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     assert event.site is not None and event.round is not None  # enforced by the event schema
     payload = event.payload
@@ -135,13 +143,18 @@ def _on_contribution_accepted(session: Session, event: ContributionAcceptedEvent
         accepted=True,
         num_examples=payload.num_examples,
         at=event.occurred_at,
+        rows=rows,
     )
     metrics = {**_numeric_extras(payload), **payload.metrics, "num_examples": payload.num_examples}
-    record_round_metrics(session, job, round_number=event.round, site=event.site, metrics=metrics, at=event.occurred_at)
+    record_round_metrics(
+        session, job, round_number=event.round, site=event.site, metrics=metrics, at=event.occurred_at, rows=rows
+    )
     return {"sites_added": merge_job_sites(job, [event.site])}
 
 
-def _on_contribution_rejected(session: Session, event: ContributionRejectedEvent, job: Job | None) -> dict[str, Any]:
+def _on_contribution_rejected(
+    session: Session, event: ContributionRejectedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     assert event.site is not None and event.round is not None  # enforced by the event schema
     record_contribution(
@@ -153,11 +166,14 @@ def _on_contribution_rejected(session: Session, event: ContributionRejectedEvent
         reason_code=event.payload.reason_code,
         reason=event.payload.reason,
         at=event.occurred_at,
+        rows=rows,
     )
     return {"sites_added": merge_job_sites(job, [event.site])}
 
 
-def _on_round_completed(session: Session, event: RoundCompletedEvent, job: Job | None) -> dict[str, Any]:
+def _on_round_completed(
+    session: Session, event: RoundCompletedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     assert event.round is not None  # enforced by the event schema
     payload = event.payload
@@ -168,28 +184,34 @@ def _on_round_completed(session: Session, event: RoundCompletedEvent, job: Job |
         "num_rejected": payload.num_rejected,
     }
     record_round_metrics(
-        session, job, round_number=event.round, site=None, metrics=global_metrics, at=event.occurred_at
+        session, job, round_number=event.round, site=None, metrics=global_metrics, at=event.occurred_at, rows=rows
     )
     for site, metrics in payload.site_metrics.items():
-        touch_site(session, site, at=event.occurred_at)
-        record_round_metrics(session, job, round_number=event.round, site=site, metrics=metrics, at=event.occurred_at)
+        touch_site(session, site, at=event.occurred_at, rows=rows)
+        record_round_metrics(
+            session, job, round_number=event.round, site=site, metrics=metrics, at=event.occurred_at, rows=rows
+        )
     return {"sites_added": merge_job_sites(job, payload.site_metrics)}
 
 
-def _on_job_finished(session: Session, event: JobFinishedEvent, job: Job | None) -> dict[str, Any]:
+def _on_job_finished(
+    session: Session, event: JobFinishedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     # The status change itself is applied by the ingestion service through implied_status.
     _require(job)
     return {}
 
 
-def _on_site_joined(session: Session, event: SiteJoinedEvent, job: Job | None) -> dict[str, Any]:
+def _on_site_joined(
+    session: Session, event: SiteJoinedEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     assert event.site is not None  # enforced by the event schema
-    site = touch_site(session, event.site, at=event.occurred_at, org=event.payload.org)
+    site = touch_site(session, event.site, at=event.occurred_at, org=event.payload.org, rows=rows)
     applied = set_site_status(site, SiteStatus.ONLINE, at=event.occurred_at)
     return {"site_status": SiteStatus.ONLINE.value if applied else None}
 
 
-def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None) -> dict[str, Any]:
+def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None, rows: IngestRows | None) -> dict[str, Any]:
     assert event.site is not None  # enforced by the event schema
     extras = event.payload.model_extra or {}
     if extras.get("revoked") is True and extras.get("scope") == CERTIFICATE_SCOPE:
@@ -205,7 +227,7 @@ def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None) -> di
                 reason=reason if isinstance(reason, str) else None,
             )
         }
-    site = touch_site(session, event.site, at=event.occurred_at)
+    site = touch_site(session, event.site, at=event.occurred_at, rows=rows)
     applied = set_site_status(site, SiteStatus.OFFLINE, at=event.occurred_at)
     effects: dict[str, Any] = {"site_status": SiteStatus.OFFLINE.value if applied else None}
     # 'consortia site revoke' reports a revocation as site.left with revoked: true (provisioning/revocation.py).
@@ -217,14 +239,16 @@ def _on_site_left(session: Session, event: SiteLeftEvent, job: Job | None) -> di
     return effects
 
 
-def _on_privacy_spent(session: Session, event: PrivacySpentEvent, job: Job | None) -> dict[str, Any]:
+def _on_privacy_spent(
+    session: Session, event: PrivacySpentEvent, job: Job | None, rows: IngestRows | None
+) -> dict[str, Any]:
     job = _require(job)
     # A site that reports a spend took part in the job, so the job's client-level spends are charged to it too.
     added = merge_job_sites(job, [event.site]) if event.site is not None else []
-    return {"privacy_ledger": record_privacy_spend(session, event, job), "sites_added": added}
+    return {"privacy_ledger": record_privacy_spend(session, event, job, rows=rows), "sites_added": added}
 
 
-def _on_kit_issued(session: Session, event: KitIssuedEvent, job: Job | None) -> dict[str, Any]:
+def _on_kit_issued(session: Session, event: KitIssuedEvent, job: Job | None, rows: IngestRows | None) -> dict[str, Any]:
     return {"certificate": record_certificate(session, event)}
 
 

@@ -1,13 +1,17 @@
 """Event ingestion: idempotent by event_id, one transaction per request, one audit event per new event.
 
-For each event, in order:
+A request takes the chain lock once, before anything else, so concurrent requests apply one at a time and each reads
+what the previous one committed. Then it reads the chain head and which of its event_ids were already ingested, in
+one query each. For each event, in order:
 
-1. take the chain lock, so concurrent requests apply one at a time and each reads what the previous one committed;
-2. look up the event_id: a replay with identical content returns the first receipt and writes nothing, and a reuse
+1. check the event_id: a replay with identical content returns the first receipt and writes nothing, and a reuse
    with different content raises ``EventConflictError``;
-3. resolve the job, creating it when first seen, with the status the event shows;
-4. apply the type's handler (jobs, sites, metrics, contributions);
-5. append one audit event and the idempotency record.
+2. resolve the job, creating it when first seen, with the status the event shows;
+3. apply the type's handler (jobs, sites, metrics, contributions);
+4. append one audit event and the idempotency record.
+
+Jobs, sites and their rows are read at most once per request (``IngestRows``), and the new rows are written by the
+flushes that queries and the commit trigger, several events' rows at a time, rather than one flush per event.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from admin_api.core.status import StatusSource
 from admin_api.errors import EventConflictError
 from admin_api.models import IngestedEvent, Job
 from admin_api.schemas.events import EventBase, EventBatchReceiptPublic, EventReceiptPublic, JobSubmittedEvent
-from admin_api.services.audit import SYSTEM_ROLE, append_audit_event, job_target, lock_chain, site_target
+from admin_api.services.audit import SYSTEM_ROLE, ChainWriter, job_target, site_target
 from admin_api.services.event_handlers import HANDLERS, implied_status
-from admin_api.services.jobs import StatusChange, apply_status, create_job, get_job, utc_now
+from admin_api.services.jobs import IngestRows, StatusChange, apply_status, create_job, utc_now
 from admin_api.services.metrics import record_ingest
 from admin_api.services.sites import touch_site
 
@@ -51,7 +55,31 @@ def _actor_and_role(event: EventBase) -> tuple[str, str | None]:
     return event.actor, None
 
 
-def _resolve_job(session: Session, event: EventBase) -> tuple[Job | None, StatusChange | None, str | None]:
+_PREFETCH_CHUNK = 500
+"""event_ids per query when reading which events of a request were already ingested."""
+
+
+class _Batch:
+    """State of one ingestion transaction: the chain writer, the rows read so far and the ingested event_ids."""
+
+    def __init__(self, session: Session, events: Sequence[EventBase]) -> None:
+        # The chain lock comes first, so the queries below see every earlier commit.
+        self.chain = ChainWriter(session)
+        self.rows = IngestRows()
+        self.ingested: dict[str, tuple[str, int]] = {}
+        """event_id to the content_sha256 and audit_seq it was ingested with, here or by an earlier request."""
+        event_ids = sorted({str(event.event_id) for event in events})
+        for offset in range(0, len(event_ids), _PREFETCH_CHUNK):
+            statement = select(IngestedEvent.event_id, IngestedEvent.content_sha256, IngestedEvent.audit_seq).where(
+                IngestedEvent.event_id.in_(event_ids[offset : offset + _PREFETCH_CHUNK])
+            )
+            for event_id, content_sha256, audit_seq in session.execute(statement).tuples():
+                self.ingested[event_id] = (content_sha256, audit_seq)
+
+
+def _resolve_job(
+    session: Session, event: EventBase, rows: IngestRows
+) -> tuple[Job | None, StatusChange | None, str | None]:
     """Find or create the event's job and apply the status it shows.
 
     Returns:
@@ -61,7 +89,7 @@ def _resolve_job(session: Session, event: EventBase) -> tuple[Job | None, Status
         return None, None, None
     status = implied_status(event)
     event_id = str(event.event_id)
-    job = get_job(session, event.job_id)
+    job = rows.job(session, event.job_id)
     if job is None:
         if status is None:
             # A site or kit event may name a job_id, but it shows no job status, so it creates no job.
@@ -69,6 +97,7 @@ def _resolve_job(session: Session, event: EventBase) -> tuple[Job | None, Status
         job, first_change = create_job(
             session, event.job_id, status=status, at=event.occurred_at, source=StatusSource.EVENT, event_id=event_id
         )
+        rows.add_job(job)
         return job, first_change, None
     if status is None:
         return job, None, None
@@ -79,11 +108,11 @@ def _resolve_job(session: Session, event: EventBase) -> tuple[Job | None, Status
     return job, change, ignored
 
 
-def _apply(session: Session, event: EventBase) -> dict[str, Any]:
-    job, change, ignored_status = _resolve_job(session, event)
+def _apply(session: Session, event: EventBase, rows: IngestRows) -> dict[str, Any]:
+    job, change, ignored_status = _resolve_job(session, event, rows)
     if event.site is not None:
-        touch_site(session, event.site, at=event.occurred_at)
-    effects = HANDLERS[event.type](session, event, job)  # type: ignore[attr-defined]
+        touch_site(session, event.site, at=event.occurred_at, rows=rows)
+    effects = HANDLERS[event.type](session, event, job, rows)  # type: ignore[attr-defined]
     effects["status_change"] = None if change is None else change.as_details()
     if ignored_status is not None:
         effects["status_ignored"] = ignored_status
@@ -98,30 +127,22 @@ def _apply(session: Session, event: EventBase) -> dict[str, Any]:
     return effects
 
 
-def ingest_event(session: Session, event: EventBase) -> EventReceiptPublic:
-    """Apply one event inside the caller's write transaction; the caller commits.
-
-    Args:
-        session: A write session (``Database.write_session()``).
-        event: A validated event.
-
-    Returns:
-        The receipt; ``duplicate`` is True when the event_id was already ingested.
-
-    Raises:
-        EventConflictError: The event_id was already ingested with different content.
-    """
-    lock_chain(session)
+def _ingest(session: Session, batch: _Batch, event: EventBase) -> EventReceiptPublic:
+    """Apply one event of ``batch``. Its rows stay pending until the next flush."""
     event_id = str(event.event_id)
     content_sha256 = _content_sha256(event)
-    existing = session.scalar(select(IngestedEvent).where(IngestedEvent.event_id == event_id))
+    existing = batch.ingested.get(event_id)
     if existing is not None:
-        if existing.content_sha256 != content_sha256:
+        if existing[0] != content_sha256:
             raise EventConflictError(event_id)
-        return EventReceiptPublic(event_id=event.event_id, duplicate=True, audit_seq=existing.audit_seq)
+        return EventReceiptPublic(event_id=event.event_id, duplicate=True, audit_seq=existing[1])
 
     received_at = utc_now()
-    effects = _apply(session, event)
+    batch.rows.audit_seq = batch.chain.next_seq
+    try:
+        effects = _apply(session, event, batch.rows)
+    finally:
+        batch.rows.audit_seq = None
     actor, role = _actor_and_role(event)
     if event.job_id is not None:
         target = job_target(event.job_id)
@@ -129,8 +150,7 @@ def ingest_event(session: Session, event: EventBase) -> EventReceiptPublic:
         target = f"kit:{event.payload.participant}"  # type: ignore[attr-defined]
     else:
         target = site_target(event.site or "")
-    audit_event = append_audit_event(
-        session,
+    audit_event = batch.chain.append(
         occurred_at=event.occurred_at,
         actor=actor,
         role=role,
@@ -159,8 +179,29 @@ def ingest_event(session: Session, event: EventBase) -> EventReceiptPublic:
             audit_seq=audit_event.seq,
         )
     )
-    session.flush()
+    batch.ingested[event_id] = (content_sha256, audit_event.seq)
     return EventReceiptPublic(event_id=event.event_id, duplicate=False, audit_seq=audit_event.seq)
+
+
+def ingest_event(session: Session, event: EventBase) -> EventReceiptPublic:
+    """Apply one event inside the caller's write transaction; the caller commits.
+
+    To apply several events in one transaction, pass them all to ``ingest_events``, which takes the chain lock and
+    reads the chain head once for all of them.
+
+    Args:
+        session: A write session (``Database.write_session()``).
+        event: A validated event.
+
+    Returns:
+        The receipt; ``duplicate`` is True when the event_id was already ingested.
+
+    Raises:
+        EventConflictError: The event_id was already ingested with different content.
+    """
+    receipt = _ingest(session, _Batch(session, [event]), event)
+    session.flush()
+    return receipt
 
 
 def ingest_events(session: Session, events: Sequence[EventBase]) -> EventBatchReceiptPublic:
@@ -179,7 +220,8 @@ def ingest_events(session: Session, events: Sequence[EventBase]) -> EventBatchRe
         EventConflictError: An event_id was already ingested with different content; nothing was written.
     """
     try:
-        receipts = [ingest_event(session, event) for event in events]
+        batch = _Batch(session, events)
+        receipts = [_ingest(session, batch, event) for event in events]
         session.commit()
     except Exception:
         session.rollback()

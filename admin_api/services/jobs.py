@@ -8,8 +8,8 @@ caller records it in the audit event.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from admin_api.core.chain import format_timestamp
 from admin_api.core.status import JobStatus, StatusSource, is_terminal, should_apply_status
 from admin_api.errors import JobNotFoundError
-from admin_api.models import Contribution, Job, JobStatusTransition, RoundMetrics
+from admin_api.models import Contribution, Job, JobStatusTransition, RoundMetrics, Site
 from admin_api.schemas.jobs import (
     ContributionPublic,
     JobDetailPublic,
@@ -30,6 +30,7 @@ from admin_api.schemas.jobs import (
 
 __all__ = [
     "FINISHED_FILTER",
+    "IngestRows",
     "StatusChange",
     "apply_status",
     "create_job",
@@ -68,6 +69,83 @@ class StatusChange:
             "at": format_timestamp(self.at),
             "source": self.source.value,
         }
+
+
+@dataclass
+class IngestRows:
+    """Rows that one ingestion transaction read or added, so that a batch reads each row at most once.
+
+    The ingestion transaction holds the audit chain lock, which the service's writers of these tables take
+    (ingestion, the reconciler, job actions, the stuck-job check), so no other transaction changes the rows meanwhile. A lookup therefore returns what a new query would: the same object
+    from the session's identity map, or no row. ``new_job_pks`` holds the jobs created in this transaction. No row
+    in the database refers to them yet, so a lookup of their rounds, contributions and privacy spends needs no query.
+    Valid only until the transaction ends.
+    """
+
+    jobs: dict[str, Job | None] = field(default_factory=dict)
+    """FLARE job id to its job, or None when the job is not recorded."""
+    new_job_pks: set[int] = field(default_factory=set)
+    sites: dict[str, Site] = field(default_factory=dict)
+    rows: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    """Rows of a job's rounds (metrics, contributions, privacy spends): table name, job pk, round, then their key."""
+    _loaded_rounds: set[tuple[str, int, int | None]] = field(default_factory=set)
+    audit_seq: int | None = None
+    """seq of the audit event that will record the event being applied."""
+
+    def job(self, session: Session, job_id: str) -> Job | None:
+        """Return the job with FLARE id ``job_id``, or None, like ``get_job`` but cached."""
+        if job_id not in self.jobs:
+            self.jobs[job_id] = get_job(session, job_id)
+        return self.jobs[job_id]
+
+    def add_job(self, job: Job) -> None:
+        """Cache a job created in this transaction. It must have been flushed, so that its ``id`` is set."""
+        self.jobs[job.job_id] = job
+        self.new_job_pks.add(job.id)
+
+    def round_row(
+        self,
+        session: Session,
+        model: type[Any],
+        job: Job,
+        round_number: int | None,
+        key: tuple[Any, ...],
+        key_of: Callable[[Any], tuple[Any, ...]],
+    ) -> Any | None:
+        """Return the row of ``model`` (a table with ``job_pk`` and ``round``) for ``job``, a round and ``key``.
+
+        The first lookup in a job's round reads all of that round's rows of ``model`` in one query, so a round of
+        many sites costs one query, not one per site. It runs without autoflush: every row this transaction added
+        to the round is already in the cache, because it was added after a lookup in the same round.
+
+        Args:
+            session: The ingestion session.
+            model: RoundMetrics, Contribution or PrivacySpend.
+            job: The row's job.
+            round_number: The row's round; None matches rows without a round.
+            key: The row's key within its round, such as ``(site,)``.
+            key_of: Returns that key of a row read from the database.
+        """
+        scope = (model.__tablename__, job.id, round_number)
+        if scope not in self._loaded_rounds:
+            self._loaded_rounds.add(scope)
+            if job.id not in self.new_job_pks:
+                round_column = model.round
+                statement = select(model).where(
+                    model.job_pk == job.id,
+                    round_column.is_(None) if round_number is None else round_column == round_number,
+                )
+                with session.no_autoflush:
+                    found: list[Any] = list(session.scalars(statement))
+                for row in found:
+                    self.rows[(*scope, *key_of(row))] = row
+        return self.rows.get((*scope, *key))
+
+    def add_round_row(
+        self, model: type[Any], job: Job, round_number: int | None, key: tuple[Any, ...], row: Any
+    ) -> None:
+        """Keep a row added to the session after ``round_row`` found none for the same arguments."""
+        self.rows[(model.__tablename__, job.id, round_number, *key)] = row
 
 
 def get_job(session: Session, job_id: str) -> Job | None:

@@ -43,6 +43,7 @@ from admin_api.schemas.privacy import (
     SitePrivacyPublic,
 )
 from admin_api.services.audit import next_audit_seq
+from admin_api.services.jobs import IngestRows
 
 __all__ = [
     "MECHANISM_KINDS",
@@ -87,13 +88,20 @@ def _matches(column: InstrumentedAttribute[Any], value: Any) -> ColumnElement[bo
     return column.is_(None) if value is None else column == value
 
 
-def record_privacy_spend(session: Session, event: PrivacySpentEvent, job: Job) -> dict[str, Any]:
+def _spend_key(spend: PrivacySpend) -> tuple[str, str | None]:
+    return (spend.kind, spend.site)
+
+
+def record_privacy_spend(
+    session: Session, event: PrivacySpentEvent, job: Job, *, rows: IngestRows | None = None
+) -> dict[str, Any]:
     """Add the event's spend to the ledger inside the ingestion transaction; return the effects for the audit event.
 
     One row per (job, round, site, kind), and client-level rows name no site. A replay with the same or smaller
     epsilon and delta changes nothing. A larger epsilon or delta replaces the row's values with the larger of each,
     so the ledger never under-counts. Runs under the audit chain lock, which
-    also makes the lookup of an existing row race-free.
+    also makes the lookup of an existing row race-free. With ``rows``, the row is looked up through that cache and
+    the audit seq is taken from its ``audit_seq`` when set.
     """
     extras = event.payload.model_extra or {}
     mechanism = extras.get("mechanism")
@@ -111,18 +119,24 @@ def record_privacy_spend(session: Session, event: PrivacySpentEvent, job: Job) -
         "epsilon_budget": _extra_number(extras, "epsilon_budget"),
         "epsilon_remaining": _extra_number(extras, "epsilon_remaining"),
         "recorded_at": event.occurred_at,
-        "audit_seq": next_audit_seq(session),
+        "audit_seq": next_audit_seq(session) if rows is None or rows.audit_seq is None else rows.audit_seq,
     }
-    existing = session.scalar(
-        select(PrivacySpend).where(
-            PrivacySpend.job_pk == job.id,
-            PrivacySpend.kind == kind.value,
-            _matches(PrivacySpend.site, site),
-            _matches(PrivacySpend.round, event.round),
-        )
+    statement = select(PrivacySpend).where(
+        PrivacySpend.job_pk == job.id,
+        PrivacySpend.kind == kind.value,
+        _matches(PrivacySpend.site, site),
+        _matches(PrivacySpend.round, event.round),
     )
+    key = (kind.value, site)
+    if rows is None:
+        existing = session.scalar(statement)
+    else:
+        existing = rows.round_row(session, PrivacySpend, job, event.round, key, _spend_key)
     if existing is None:
-        session.add(PrivacySpend(job_pk=job.id, site=site, round=event.round, kind=kind.value, **values))
+        spend = PrivacySpend(job_pk=job.id, site=site, round=event.round, kind=kind.value, **values)
+        session.add(spend)
+        if rows is not None:
+            rows.add_round_row(PrivacySpend, job, event.round, key, spend)
         outcome = "recorded"
     elif event.payload.epsilon > existing.epsilon or event.payload.delta > existing.delta:
         values["epsilon"] = max(event.payload.epsilon, existing.epsilon)

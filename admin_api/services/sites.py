@@ -4,27 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from admin_api.models import Site, SiteStatus
 
+if TYPE_CHECKING:
+    from admin_api.services.jobs import IngestRows
+
 __all__ = ["list_sites", "set_site_status", "touch_site"]
 
 
-def touch_site(session: Session, name: str, *, at: datetime, org: str | None = None) -> Site:
+def touch_site(
+    session: Session, name: str, *, at: datetime, org: str | None = None, rows: IngestRows | None = None
+) -> Site:
     """Record that ``name`` was seen at ``at``, creating the site on first sight.
 
     ``first_seen`` and ``last_seen`` widen to include ``at``, so events arriving out of order give the same result.
-    A non-None ``org`` replaces the recorded one.
+    A non-None ``org`` replaces the recorded one. With ``rows``, the site is looked up in the database at most once
+    per transaction, and a new site is left for the next flush to insert.
     """
-    site = session.scalar(select(Site).where(Site.name == name))
+    site = rows.sites.get(name) if rows is not None else None
+    if site is None:
+        site = session.scalar(select(Site).where(Site.name == name))
     if site is None:
         site = Site(name=name, org=org, first_seen=at, last_seen=at, status=SiteStatus.UNKNOWN.value)
         session.add(site)
-        session.flush()
+        if rows is None:
+            session.flush()
+        else:
+            rows.sites[name] = site
         return site
+    if rows is not None:
+        rows.sites[name] = site
     site.first_seen = min(site.first_seen, at)
     site.last_seen = max(site.last_seen, at)
     if org is not None:
