@@ -173,20 +173,6 @@ class ChainWriter:
         stored_details = _checked_details(
             occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=details
         )
-        return self._add(
-            occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=stored_details
-        )
-
-    def _add(
-        self,
-        *,
-        occurred_at: datetime,
-        actor: str,
-        role: str | None,
-        action: str,
-        target: str,
-        details: dict[str, Any],
-    ) -> AuditEvent:
         seq = self._seq + 1
         prev_hash = self._hash
         digest = compute_hash(
@@ -196,7 +182,7 @@ class ChainWriter:
             role=role,
             action=action,
             target=target,
-            details=details,
+            details=stored_details,
             prev_hash=prev_hash,
         )
         event = AuditEvent(
@@ -206,7 +192,7 @@ class ChainWriter:
             role=role,
             action=action,
             target=target,
-            details=details,
+            details=stored_details,
             prev_hash=prev_hash,
             hash=digest,
         )
@@ -244,11 +230,8 @@ def append_audit_event(
     Raises:
         AuditChainError: A field is missing, too long or not storable.
     """
-    stored_details = _checked_details(
+    event = ChainWriter(session).append(
         occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=details
-    )
-    event = ChainWriter(session)._add(
-        occurred_at=occurred_at, actor=actor, role=role, action=action, target=target, details=stored_details
     )
     session.flush()
     return event
