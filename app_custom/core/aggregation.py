@@ -280,22 +280,17 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
     """Return a tensor that shares memory with ``array``, copying only arrays that torch cannot view."""
-    if array.flags.writeable and array.dtype.isnative:
-        try:
-            return torch.from_numpy(array)
-        except ValueError:  # negative strides, for example a reversed view
-            return torch.from_numpy(np.ascontiguousarray(array))
     if not array.dtype.isnative:
         # torch cannot view non-native byte order; this copies one array of one contribution.
         array = array.astype(array.dtype.newbyteorder("="))
+    elif any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)  # torch cannot view negative strides, for example a reversed view
+    if array.flags.writeable:
         return torch.from_numpy(array)
     # torch warns that it cannot mark a tensor read-only. The tensor is only read, so the view is safe.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        try:
-            return torch.from_numpy(array)
-        except ValueError:
-            return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(array)
 
 
 def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
