@@ -76,8 +76,9 @@ class IngestRows:
     """Rows that one ingestion transaction read or added, so that a batch reads each row at most once.
 
     The ingestion transaction holds the audit chain lock, which the service's writers of these tables take
-    (ingestion, the reconciler, job actions, the stuck-job check), so no other transaction changes the rows meanwhile. A lookup therefore returns what a new query would: the same object
-    from the session's identity map, or no row. ``new_job_pks`` holds the jobs created in this transaction. No row
+    (ingestion, the reconciler, job actions, the stuck-job check), so no other transaction changes the rows
+    meanwhile. A lookup therefore returns what a new query would: the same object from the session's identity map,
+    or no row. ``new_job_pks`` holds the jobs created in this transaction. No row
     in the database refers to them yet, so a lookup of their rounds, contributions and privacy spends needs no query.
     Valid only until the transaction ends.
     """

@@ -3,8 +3,8 @@
 Why this is written here: Opacus computes per-sample clipping in three ways. ``hooks``, ``ew`` and ``functorch``
 build every record's full gradient and then clip it; ``ghost`` skips that but needs a second backward pass. On the
 demo model (4,865 parameters, batch 64) each of them made a DP-SGD step about 3.5 to 8 times as slow as a plain
-step (``benchmarks/privacy.py``, ``docs/benchmarks.md``), against a goal of at most 2; this module's step is
-1.6 to 1.9 times. The single-pass method below (ghost norms with book-keeping,
+step, against a goal of at most 2. This module's step is 1.6 to 1.9 times (``benchmarks/privacy.py``,
+``docs/benchmarks.md``). The single-pass method below (ghost norms with book-keeping,
 Bu, Wang, Zha and Karypis, "Differentially Private Optimization on Large Model at Small Cost", ICML 2023) is not in
 Opacus 1.6. Everything else stays Opacus': Poisson sampling, the noise, the scaling by the expected batch size and
 the RDP accountant (``DPOptimizerFastGradientClipping``, the optimizer of Opacus' own ghost mode).
@@ -277,9 +277,8 @@ class LinearClipper:
 class LinearClippingDPOptimizer(DPOptimizerFastGradientClipping):
     """Opacus' DP optimizer with the clipped gradient sum taken from a ``LinearClipper``, kept in flat buffers.
 
-    The clipped sums of all parameters are written into one flat tensor, so the noise is one call of Opacus'
-    ``_generate_noise`` for the whole model and the scaling by the expected batch size is one division, instead of
-    several small operations per parameter. The noise is the same i.i.d. Gaussian of standard deviation
+    The clipped sums of all parameters are written into one flat tensor. The noise is then one call of Opacus'
+    ``_generate_noise`` for the whole model, and the scaling by the expected batch size is one division. The noise is the same i.i.d. Gaussian of standard deviation
     ``noise_multiplier * max_grad_norm`` per coordinate, secure mode included; the accountant's step hook is Opacus'
     own. Each ``p.grad`` is a view of one flat gradient buffer that every step overwrites, and ``zero_grad()``
     zeroes it rather than setting ``p.grad`` to None. An empty Poisson batch is stepped with

@@ -401,7 +401,7 @@ def _make_private_fast_linear(
     model_parameters = {id(parameter) for parameter in model.parameters()}
     if any(id(parameter) not in model_parameters for group in optimizer.param_groups for parameter in group["params"]):
         raise InvalidPrivacySetting(
-            "invalid optimizer: it holds parameters that are not the model's; build it on model.parameters()"
+            "invalid optimizer: it contains parameters that are not the model's; build it on model.parameters()"
         )
     private_loader = DPDataLoader.from_data_loader(data_loader, generator=engine.secure_rng, distributed=False)
     sample_rate = 1 / len(private_loader)
