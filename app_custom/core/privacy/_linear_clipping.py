@@ -18,7 +18,7 @@ gives each record's full gradient norm ``n_i`` without forming ``G_i``. With Opa
 ``B sum_i c_i g_i`` for ``b``: one matrix product per layer. ``tests/unit/privacy/test_linear_clipping.py`` checks
 the result against per-sample gradients that torch computes record by record.
 
-Only this case is handled; anything else is refused (fails closed) rather than clipped wrongly: a trainable
+Only this case is handled. Anything else raises (fails closed) rather than being clipped wrongly: a trainable
 parameter outside ``nn.Linear``, an ``nn.Linear`` subclass with its own ``forward`` or extra parameters, a
 parameter shared by two layers (tied weights), an input to a layer that is not (batch, features), a layer that
 sees a different number of rows than the model's input has records (for example after a reshape of (B, T * F)
@@ -254,8 +254,8 @@ class LinearClipper:
             if bias_trainable:
                 squared_norms += grad_squared
         # With G_i = s g_i a_i^T (s = B for a mean loss), |G_i| = s * sqrt(squared_norms[i]). Opacus' clip factor
-        # is c_i = min(1, C / (|G_i| + 1e-6)); the factor applied to g_i is s * c_i, which is
-        # min(s, C / (sqrt(squared_norms[i]) + 1e-6 / s)): four operations on the batch.
+        # is c_i = min(1, C / (|G_i| + 1e-6)). The factor applied to g_i is s * c_i, which equals
+        # min(s, C / (sqrt(squared_norms[i]) + 1e-6 / s)), four operations on the batch.
         scale = float(batch_size) if batch_scale == "mean" and batch_size else 1.0  # an empty batch has no rows
         clip_factors = torch.div(max_grad_norm, squared_norms.sqrt_().add_(1e-6 / scale))
         clip_factors = clip_factors.clamp_(max=scale).unsqueeze(1)
